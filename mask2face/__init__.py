@@ -1,0 +1,1 @@
+"""mask2face: show the face beneath a face mask (JAX/Flax)."""
