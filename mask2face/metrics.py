@@ -1,0 +1,312 @@
+"""Image-quality and identity metrics for inpainted faces.
+
+Three layers:
+- `image_metrics` (pure jnp, jit-able): per-example PSNR, SSIM and L1 over the whole image and
+  over the masked region only, computed with dm_pix.
+- `MetricAccumulator` (host-side numpy): means over every valid example, overall and per mask
+  family, across any number of (partial) batches.
+- `IdentityScorer` (host-side, dlib): cosine similarity of dlib face descriptors between a
+  prediction and its target, the question "is it still the same person?".
+"""
+
+import collections
+import functools
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import dlib
+import dm_pix
+import face_recognition_models
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+# SSIM settings of upstream's loss and of the SSIM paper (Wang et al. 2004); the losses use the
+# same ones so a loss value and a metric value mean the same thing.
+SSIM_KWARGS = dict(max_val=1.0, filter_size=11, filter_sigma=1.5, k1=0.01, k2=0.03)
+
+# The keys `image_metrics` returns, in a stable order (for tables and logs).
+METRIC_NAMES = ("psnr", "ssim", "l1", "masked_psnr", "masked_ssim", "masked_l1")
+
+# IdentityScorer logs its progress every this many pairs.
+LOG_EVERY_PAIRS = 200
+
+
+def ssim_map(a, b):
+  """dm_pix's per-pixel SSIM map, [B, H - 10, W - 10, C] ("valid" 11x11 windows)."""
+  return dm_pix.ssim(a, b, return_map=True, **SSIM_KWARGS)
+
+
+def crop_to_ssim_map(x):
+  """Crops a [B, H, W, C] per-pixel array to the window centres of `ssim_map`.
+
+  dm_pix filters with a "valid" convolution, so map entry (i, j) is the window centred on
+  pixel (i + r, j + r) with r = filter_size // 2: cropping r pixels on every side aligns a mask
+  or weight image with the map.
+  """
+  r = SSIM_KWARGS["filter_size"] // 2
+  return x[:, r : x.shape[1] - r, r : x.shape[2] - r, :]
+
+
+def _as_mask(mask, like):
+  """A float32 [B, H, W, 1] binary mask from [B, H, W] or [B, H, W, 1] input."""
+  mask = jnp.asarray(mask, jnp.float32)
+  if mask.ndim == like.ndim - 1:
+    mask = mask[..., None]
+  if mask.ndim != like.ndim or mask.shape[:3] != like.shape[:3]:
+    raise ValueError(f"mask of shape {mask.shape} does not match images of shape {like.shape}")
+  # Masks may be feathered or resized; the masked region is where the mask is mostly on.
+  return (mask > 0.5).astype(jnp.float32)
+
+
+def _masked_mean(values, mask):
+  """Per-example mean of `values` [B, h, w, C] where `mask` [B, h, w, 1] is 1; NaN if empty."""
+  channels = values.shape[-1]
+  total = jnp.sum(values * mask, axis=(1, 2, 3))
+  count = jnp.sum(mask, axis=(1, 2, 3)) * channels
+  # An empty mask has no masked metric: NaN (skipped by MetricAccumulator) rather than 0.
+  return jnp.where(count > 0, total / jnp.maximum(count, 1.0), jnp.nan)
+
+
+def _psnr_from_mse(mse):
+  return -10.0 * jnp.log10(mse)
+
+
+def image_metrics(pred, target, mask) -> dict[str, Any]:
+  """Per-example quality of `pred` against `target`, whole image and masked region.
+
+  Args:
+    pred: [B, H, W, C] prediction in [0, 1] (any float dtype; computed in float32).
+    target: [B, H, W, C] target in [0, 1].
+    mask: [B, H, W, 1] or [B, H, W], 1 under the face mask (thresholded at 0.5).
+
+  Returns:
+    A dict of float32 [B] arrays: `psnr`, `ssim`, `l1` over the whole image, and
+    `masked_psnr` (from the MSE inside the mask), `masked_ssim` (the SSIM map averaged over
+    window centres inside the mask) and `masked_l1`. Masked values are NaN for an empty mask.
+  """
+  pred = jnp.asarray(pred, jnp.float32)
+  target = jnp.asarray(target, jnp.float32)
+  if pred.shape != target.shape or pred.ndim != 4:
+    raise ValueError(f"pred {pred.shape} and target {target.shape} must both be [B, H, W, C]")
+  mask = _as_mask(mask, pred)
+  abs_err = jnp.abs(pred - target)
+  sq_err = jnp.square(pred - target)
+  ssim = ssim_map(pred, target)
+  return {
+    "psnr": dm_pix.psnr(pred, target),
+    "ssim": jnp.mean(ssim, axis=(1, 2, 3)),
+    "l1": jnp.mean(abs_err, axis=(1, 2, 3)),
+    "masked_psnr": _psnr_from_mse(_masked_mean(sq_err, mask)),
+    "masked_ssim": _masked_mean(ssim, crop_to_ssim_map(mask)),
+    "masked_l1": _masked_mean(abs_err, mask),
+  }
+
+
+def baseline_metrics(batch: Mapping[str, Any]) -> dict[str, Any]:
+  """The metrics of doing nothing: the masked input itself scored as the prediction.
+
+  The row every model must beat; outside the mask the input is already exact, so the masked
+  metrics are the ones that tell models apart.
+  """
+  return image_metrics(batch["masked"], batch["clean"], batch["mask"])
+
+
+class MetricAccumulator:
+  """Host-side means of per-example metrics, overall and per mask family.
+
+  Every example with `valid > 0` counts exactly once, however the examples are split into
+  batches; padding (`valid == 0`) counts nowhere. NaN values (a masked metric of an example
+  with an empty mask) are left out of that metric's mean and reported as `undefined/<name>`.
+  """
+
+  def __init__(self):
+    # (family id or None for overall, metric name) -> [sum, count], in float64.
+    self._sums: dict[tuple[int | None, str], list[float]] = collections.defaultdict(
+      lambda: [0.0, 0]
+    )
+    self._undefined: collections.Counter = collections.Counter()
+    self._counts: collections.Counter = collections.Counter()
+
+  def add(self, per_example_metrics: Mapping[str, Any], valid=None, family=None) -> None:
+    """Adds one batch of per-example [B] metrics (`valid`, `family` are [B] or None)."""
+    metrics = {k: np.asarray(v, np.float64).reshape(-1) for k, v in per_example_metrics.items()}
+    if not metrics:
+      return
+    size = next(iter(metrics.values())).shape[0]
+    for name, values in metrics.items():
+      if values.shape[0] != size:
+        raise ValueError(f"metric {name!r} has {values.shape[0]} values, expected {size}")
+    keep = np.ones(size, bool) if valid is None else np.asarray(valid).reshape(-1) > 0
+    if family is None:
+      family = np.full(size, -1, np.int64)
+    family = np.asarray(family, np.int64).reshape(-1)
+    if keep.shape[0] != size or family.shape[0] != size:
+      raise ValueError(f"valid/family must have {size} entries like the metrics")
+
+    groups = [(None, keep)]
+    for fam in np.unique(family[keep]):
+      if fam >= 0:
+        groups.append((int(fam), keep & (family == fam)))
+    for group, selected in groups:
+      self._counts[group] += int(selected.sum())
+      for name, values in metrics.items():
+        chosen = values[selected]
+        defined = ~np.isnan(chosen)
+        entry = self._sums[(group, name)]
+        entry[0] += float(chosen[defined].sum())
+        entry[1] += int(defined.sum())
+        if group is None:
+          self._undefined[name] += int((~defined).sum())
+
+  @property
+  def count(self) -> int:
+    """How many valid examples were added."""
+    return self._counts[None]
+
+  def result(self, family_names: Sequence[str] | None = None) -> dict[str, float]:
+    """Means: `<metric>`, `count`, and `family/<name>/<metric>`, `family/<name>/count`.
+
+    Args:
+      family_names: names indexed by family id (mask2face.data.masks.FAMILY_NAMES); ids
+        without a name are reported by number.
+    """
+    out: dict[str, float] = {"count": float(self._counts[None])}
+    for (group, name), (total, n) in sorted(self._sums.items(), key=lambda kv: str(kv[0])):
+      mean = total / n if n else math.nan
+      if group is None:
+        out[name] = mean
+      else:
+        out[f"family/{self._family_name(group, family_names)}/{name}"] = mean
+    for group, n in self._counts.items():
+      if group is not None:
+        out[f"family/{self._family_name(group, family_names)}/count"] = float(n)
+    for name, n in self._undefined.items():
+      if n:
+        out[f"undefined/{name}"] = float(n)
+    return out
+
+  @staticmethod
+  def _family_name(family_id: int, family_names: Sequence[str] | None) -> str:
+    if family_names is not None and 0 <= family_id < len(family_names):
+      return family_names[family_id]
+    return str(family_id)
+
+
+@functools.cache
+def _dlib_models():
+  """dlib's HOG detector, 68-point predictor and face-descriptor net, loaded once per process."""
+  logging.info("Loading dlib face models for the identity metric.")
+  return (
+    dlib.get_frontal_face_detector(),
+    dlib.shape_predictor(face_recognition_models.pose_predictor_model_location()),
+    dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location()),
+  )
+
+
+def _to_uint8_rgb(image, what: str) -> np.ndarray:
+  """uint8 HxWx3 from uint8 or [0, 1] float input; a clear error for anything else."""
+  image = np.asarray(image)
+  if image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f"{what}: expected an HxWx3 RGB image, got shape {image.shape}")
+  if image.dtype == np.uint8:
+    return np.ascontiguousarray(image)
+  if np.issubdtype(image.dtype, np.floating):
+    return np.ascontiguousarray(np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8))
+  raise ValueError(f"{what}: expected uint8 or float in [0, 1], got dtype {image.dtype}")
+
+
+class IdentityScorer:
+  """Cosine similarity of dlib face descriptors between predictions and their targets.
+
+  The face is located once, on the target (the clean crop): HOG detection, then dlib's 68
+  landmarks, and the same landmarks align the face chip of both images, so a blurry
+  prediction is judged on the same region as its target. When no face is detected the
+  landmarks are fitted to the face box implied by the crop margin (`fallback_margin`; 0 uses
+  the whole crop box) and the example is marked `identity_fallback = 1`.
+
+  Args:
+    fallback_margin: the margin the crops were made with (config.data.margin): the face box
+      is the crop shrunk by margin / (1 + 2 * margin) on every side.
+    upsample: HOG upsampling; None picks 1 for crops under 200 px (dlib's HOG misses faces
+      under about 80 px) and 0 otherwise.
+  """
+
+  def __init__(self, *, fallback_margin: float = 1.0 / 3.0, upsample: int | None = None):
+    if fallback_margin < 0:
+      raise ValueError(f"fallback_margin must be >= 0, got {fallback_margin}")
+    self.fallback_margin = fallback_margin
+    self.upsample = upsample
+    self.num_scored = 0
+    self.num_fallback = 0
+    self._start = time.monotonic()
+
+  def _landmarks(self, image: np.ndarray):
+    """(dlib full_object_detection, fallback flag) for the largest face of `image`."""
+    detector, predictor, _ = _dlib_models()
+    height, width = image.shape[:2]
+    upsample = self.upsample
+    if upsample is None:
+      upsample = 1 if min(height, width) < 200 else 0
+    boxes = list(detector(image, upsample))
+    if boxes:
+      box = max(boxes, key=lambda r: r.area())
+      return predictor(image, box), False
+    inset = self.fallback_margin / (1.0 + 2.0 * self.fallback_margin)
+    box = dlib.rectangle(
+      round(width * inset),
+      round(height * inset),
+      round(width * (1 - inset)) - 1,
+      round(height * (1 - inset)) - 1,
+    )
+    return predictor(image, box), True
+
+  def score(self, pred, target) -> dict[str, float]:
+    """Scores one pair: `identity_similarity`, `identity_distance`, `identity_fallback`."""
+    _, _, encoder = _dlib_models()
+    pred = _to_uint8_rgb(pred, "prediction")
+    target = _to_uint8_rgb(target, "target")
+    if pred.shape != target.shape:
+      raise ValueError(f"prediction {pred.shape} and target {target.shape} differ in shape")
+    shape, fallback = self._landmarks(target)
+    chips = [dlib.get_face_chip(img, shape, size=150, padding=0.25) for img in (pred, target)]
+    desc_pred, desc_target = (
+      np.asarray(d, np.float64) for d in encoder.compute_face_descriptor(chips)
+    )
+    norm = np.linalg.norm(desc_pred) * np.linalg.norm(desc_target)
+    self.num_scored += 1
+    self.num_fallback += int(fallback)
+    if self.num_scored % LOG_EVERY_PAIRS == 0:
+      # Descriptors cost about 0.1-0.4 s a pair on a CPU: a test split takes minutes.
+      rate = self.num_scored / max(time.monotonic() - self._start, 1e-9)
+      logging.info(
+        "Identity metric: %d pairs scored (%.1f/s), %d without a detected face.",
+        self.num_scored,
+        rate,
+        self.num_fallback,
+      )
+    return {
+      "identity_similarity": float(desc_pred @ desc_target / max(norm, 1e-12)),
+      # dlib's own yardstick: the same person is usually closer than 0.6.
+      "identity_distance": float(np.linalg.norm(desc_pred - desc_target)),
+      "identity_fallback": float(fallback),
+    }
+
+  def score_batch(self, preds, targets, valid=None) -> dict[str, np.ndarray]:
+    """Scores a batch; [B] arrays ready for `MetricAccumulator.add` (padding gets NaN)."""
+    preds = np.asarray(preds)
+    targets = np.asarray(targets)
+    if preds.shape != targets.shape or preds.ndim != 4:
+      raise ValueError(f"preds {preds.shape} and targets {targets.shape} must be [B, H, W, 3]")
+    size = preds.shape[0]
+    keep = np.ones(size, bool) if valid is None else np.asarray(valid).reshape(-1) > 0
+    out = {
+      k: np.full(size, np.nan, np.float32)
+      for k in ("identity_similarity", "identity_distance", "identity_fallback")
+    }
+    for i in np.flatnonzero(keep):
+      for key, value in self.score(preds[i], targets[i]).items():
+        out[key][i] = value
+    return out
