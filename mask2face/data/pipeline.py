@@ -1,0 +1,513 @@
+"""The grain input pipeline: face photos -> (masked, clean, mask) training pairs in batches.
+
+Per example, inside grain's worker processes: load the photo -> square crop from its cached
+landmarks (`crop.py`) -> paint a mask -> the same flip and colour jitter on both images.
+
+Order of crop and paint (`data.paint_order`): painting costs roughly in proportion to the
+pixels the mask covers, so 'auto' paints at the lower of the two resolutions: on the full
+photo, then crops, when the crop enlarges the face (LFW at 256²: 1.2x faster, and the mask
+gets the same resampling blur as the face instead of sharper edges that give it away); on the
+crop, with the landmarks mapped into it, when the crop shrinks the face (large photos, small
+crops: 1.2-1.6x faster). 'crop_then_paint' and 'paint_then_crop' force one order;
+`benchmarks/data_bench.py` measures all three.
+
+Randomness: a training example's mask, flip and jitter come from
+`np.random.default_rng([seed, epoch, record_index])`, so every epoch sees new masks and a
+rerun sees the same ones; evaluation uses `[eval_seed, hash of the image's key]` and no
+augmentation.
+
+Batches are dicts of numpy arrays (see docs/design.md): `masked`, `clean` float32
+[B, H, W, 3] in [0, 1]; `mask` float32 [B, H, W, 1]; `family` int32 [B]; `valid` float32 [B].
+"""
+
+import dataclasses
+import hashlib
+import math
+import os
+import pathlib
+
+import cv2
+import grain.python as grain
+import numpy as np
+from absl import flags, logging
+
+from mask2face import landmarks as landmarks_lib
+from mask2face.data import crop, masks, sources, splits
+
+PAINT_ORDERS = ("auto", "crop_then_paint", "paint_then_crop")
+
+
+@dataclasses.dataclass
+class PreparedData:
+  """A face source, its landmarks (faces only) and its fixed splits."""
+
+  source: sources.FaceSource
+  landmarks: landmarks_lib.LandmarkTable
+  splits: dict[str, list[str]]  # Capped at data.max_examples per split.
+  num_without_face: int  # Source records dropped because no face (or landmarks) was found.
+  landmarks_path: str = ""
+
+  def num_examples(self, split: str) -> int:
+    return len(self.splits[split])
+
+
+def _has_face(table, key) -> bool:
+  return key in table  # The table holds faces only; `table.problems` says why others are not.
+
+
+def prepare_data(data_config, *, workdir=None) -> PreparedData:
+  """Opens the source, loads (or computes) its landmark cache and fixes the splits.
+
+  Args:
+    data_config: the `config.data` section (see configs/common.py).
+    workdir: when given, the splits are written to `workdir/splits.json` on the first run and
+      read back on later runs, so a resumed run never sees a different split.
+
+  Returns:
+    PreparedData; records without a face are dropped and counted.
+  """
+  source = sources.get_source(
+    data_config.source,
+    identity_pattern=data_config.identity_pattern,
+    tfds_data_dir=data_config.tfds_data_dir,
+    manual_dir=data_config.manual_dir,
+  )
+  path = data_config.landmarks_cache or landmarks_lib.default_cache_path(data_config.source)
+  path = pathlib.Path(path).expanduser()
+  if path.exists():
+    logging.info("Loading landmarks from %s", path)
+    table = landmarks_lib.load_cache(path)
+  else:
+    logging.info("Computing landmarks for %d images of %s into %s", len(source), source.name, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Worker processes take seconds to start (dlib models): small sources stay in-process.
+    workers = max(1, min(data_config.worker_count or os.cpu_count() or 1, len(source) // 50))
+    table = landmarks_lib.compute_cache(source, path, workers=workers)
+  records = [r for r in source.records if _has_face(table, r.key)]
+  num_without_face = len(source.records) - len(records)
+  if num_without_face:
+    logging.warning(
+      "%d of %d images of %s have no face landmarks and are dropped",
+      num_without_face,
+      len(source.records),
+      source.name,
+    )
+  if not records:
+    raise ValueError(f"no image of {source.name} has face landmarks (cache: {path})")
+
+  split_path = pathlib.Path(workdir) / "splits.json" if workdir else None
+  if split_path is not None and split_path.exists():
+    logging.info("Reading the splits of a previous run from %s", split_path)
+    the_splits = splits.read_splits(split_path)
+    face_keys = {r.key for r in records}
+    for name, keys in the_splits.items():
+      missing = [k for k in keys if k not in face_keys]
+      if missing:
+        raise ValueError(
+          f"{split_path}: split {name!r} names {len(missing)} images that have no landmarks in "
+          f"{path} (first: {missing[0]!r}); the source or cache changed since the split was made"
+        )
+  else:
+    the_splits = splits.make_splits(
+      records,
+      seed=data_config.split_seed,
+      test_size=data_config.test_size,
+      val_fraction=data_config.val_fraction,
+    )
+    if split_path is not None:
+      split_path.parent.mkdir(parents=True, exist_ok=True)
+      splits.write_splits(split_path, the_splits)
+  # The cap applies after the split is fixed (and written), so quick runs share its test set.
+  capped = {
+    k: _cap(list(v), int(data_config.max_examples), data_config.split_seed)
+    for k, v in the_splits.items()
+  }
+  logging.info("Splits of %s: %s", source.name, {k: len(v) for k, v in capped.items()})
+  return PreparedData(
+    source=source,
+    landmarks=table,
+    splits=capped,
+    num_without_face=num_without_face,
+    landmarks_path=str(path),
+  )
+
+
+# --------------------------------------------------------------------------------------------
+# One example.
+
+
+@dataclasses.dataclass(frozen=True)
+class PairOptions:
+  """The settings `make_pair` needs, pulled out of `config.data` (picklable, hashable)."""
+
+  image_size: int = 256
+  margin: float = 1.0 / 3.0
+  level_eyes: bool = False
+  paint_order: str = "auto"  # auto | crop_then_paint | paint_then_crop
+  mask_families: str = "all"
+  mask_weights: str = ""
+  templates_dir: str = ""
+  flip: bool = True
+  color_jitter: bool = True
+  hue: float = 0.05
+  saturation: tuple[float, float] = (0.2, 1.3)
+  brightness: float = 0.1
+  contrast: tuple[float, float] = (0.2, 1.5)
+
+  @classmethod
+  def from_config(cls, data_config) -> "PairOptions":
+    """The options in `config.data`."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: data_config[k] for k in fields if k in data_config}
+    for k in ("saturation", "contrast"):
+      if k in values:
+        values[k] = tuple(float(v) for v in values[k])
+    return cls(**values)
+
+  def __post_init__(self):
+    # Checked here so that a bad setting fails at start-up, not in every example in the workers.
+    if self.paint_order not in PAINT_ORDERS:
+      raise ValueError(f"paint_order must be one of {PAINT_ORDERS}, got {self.paint_order!r}")
+    if self.image_size <= 0:
+      raise ValueError(f"image_size must be positive, got {self.image_size}")
+    _painter(self)  # Unknown mask families, bad weights or templates raise here.
+
+
+_PAINTERS = {}  # One painter per process and options: templates are loaded once.
+
+
+def _painter(options: PairOptions):
+  key = (options.mask_families, options.mask_weights, options.templates_dir)
+  if key not in _PAINTERS:
+    _PAINTERS[key] = masks.MaskPainter(
+      families=options.mask_families,
+      weights=options.mask_weights or None,
+      templates_dir=options.templates_dir or None,
+    )
+  return _PAINTERS[key]
+
+
+# RGB -> YIQ: hue is a rotation of the (I, Q) chroma plane, saturation a scaling of it.
+_RGB_TO_YIQ = np.array(
+  [[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]]
+)
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
+
+
+def jitter_transform(rng: np.random.Generator, options: PairOptions, mean) -> np.ndarray:
+  """A random (3, 4) affine colour map: brightness, contrast, saturation, then hue.
+
+  Brightness adds a value in [-brightness, brightness]; contrast scales about `mean` (the
+  clean image's per-channel mean, as in tf.image.adjust_contrast) by a factor drawn from
+  `contrast`; saturation scales the YIQ chroma by a factor from `saturation` (PIL's
+  ImageEnhance.Color: 0 = gray); hue rotates the chroma by up to `hue` of a full turn. All four
+  are affine per pixel, so they compose into one matrix applied in a single pass.
+  """
+  delta = rng.uniform(-options.brightness, options.brightness)
+  factor = rng.uniform(*options.contrast)
+  saturation = rng.uniform(*options.saturation)
+  angle = 2.0 * np.pi * rng.uniform(-options.hue, options.hue)
+  cos, sin = np.cos(angle), np.sin(angle)
+  chroma = saturation * np.array([[cos, -sin], [sin, cos]])
+  yiq = np.eye(3)
+  yiq[1:, 1:] = chroma
+  color = _YIQ_TO_RGB @ yiq @ _RGB_TO_YIQ
+  mean = np.asarray(mean, np.float64)
+  linear = factor * color
+  offset = color @ (factor * delta + (1.0 - factor) * mean)
+  return np.concatenate([linear, offset[:, None]], axis=1)
+
+
+def color_jitter(images, rng: np.random.Generator, options: PairOptions, *, reference):
+  """The same random colour change on every image; values end clipped to [0, 1].
+
+  The map is per pixel and shared (contrast uses the mean of `reference`), so pixels equal in
+  two images before stay equal after.
+  """
+  matrix = jitter_transform(rng, options, reference.reshape(-1, 3).mean(axis=0))
+  out = []
+  for image in images:
+    x = cv2.transform(np.ascontiguousarray(image, np.float32), matrix)
+    out.append(np.clip(x, 0.0, 1.0, out=x))
+  return out
+
+
+def make_pair(image, points68, rng: np.random.Generator, options: PairOptions, *, augment: bool):
+  """One training example from a photo and its 68 landmarks.
+
+  Args:
+    image: uint8 HxWx3 RGB photo.
+    points68: (68, 2) landmarks in the photo.
+    rng: the example's generator (mask, flip and jitter are drawn from it, in that order).
+    options: crop, mask and augmentation settings.
+    augment: apply the flip and colour jitter (training only).
+
+  Returns:
+    dict: `masked`, `clean` float32 [H, W, 3]; `mask` float32 [H, W, 1]; `family` int32;
+    `valid` float32 (1).
+  """
+  size = options.image_size
+  matrix = crop.crop_transform(
+    points68, size=size, margin=options.margin, level_eyes=options.level_eyes
+  )
+  painter = _painter(options)
+  if options.paint_order == "auto":
+    # The crop's scale: > 1 when it enlarges the photo.
+    crop_first = np.sqrt(abs(np.linalg.det(matrix[:, :2]))) <= 1.0
+  else:
+    crop_first = options.paint_order == "crop_then_paint"
+  if crop_first:
+    clean = crop.warp(image, matrix, size)
+    painted = painter.paint(clean, crop.transform_points(points68, matrix), rng)
+    masked, mask = painted.image, painted.mask
+  else:
+    painted = painter.paint(image, np.asarray(points68, np.float32), rng)
+    clean = crop.warp(image, matrix, size)
+    masked = crop.warp(painted.image, matrix, size)
+    mask = crop.warp_mask(painted.mask, matrix, size)
+  clean = clean.astype(np.float32) / 255.0
+  masked = masked.astype(np.float32) / 255.0
+  mask = mask.astype(np.float32)[..., None]
+  if augment:
+    if options.flip and rng.random() < 0.5:
+      clean, masked, mask = clean[:, ::-1], masked[:, ::-1], mask[:, ::-1]
+    if options.color_jitter:
+      masked, clean = color_jitter([masked, clean], rng, options, reference=clean)
+  return {
+    "masked": np.ascontiguousarray(masked, dtype=np.float32),
+    "clean": np.ascontiguousarray(clean, dtype=np.float32),
+    "mask": np.ascontiguousarray(mask, dtype=np.float32),
+    "family": np.int32(masks.FAMILY_NAMES.index(painted.family)),
+    "valid": np.float32(1.0),
+  }
+
+
+def padding_example(size: int) -> dict:
+  """An all-zero example with valid=0 (fills the last evaluation batch)."""
+  return {
+    "masked": np.zeros((size, size, 3), np.float32),
+    "clean": np.zeros((size, size, 3), np.float32),
+    "mask": np.zeros((size, size, 1), np.float32),
+    "family": np.int32(0),
+    "valid": np.float32(0.0),
+  }
+
+
+# --------------------------------------------------------------------------------------------
+# grain plumbing.
+
+
+def _key_id(key: str) -> int:
+  """A stable 64-bit number for a source key (Python's hash() changes between processes)."""
+  return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "little")
+
+
+class _PhotoSource(grain.RandomAccessDataSource):
+  """Random access to (record index, photo, landmarks) for one split; indices past the split
+  (evaluation padding) return a placeholder."""
+
+  def __init__(self, source, keys, points, *, name, num_padded=0):
+    self._source = source
+    self._keys = list(keys)
+    self._points = points
+    self._name = name
+    self._length = len(self._keys) + num_padded
+
+  def __len__(self):
+    return self._length
+
+  def __getitem__(self, record_index):
+    record_index = int(record_index)
+    if record_index >= len(self._keys):
+      return {"index": record_index, "image": None, "error": ""}
+    key = self._keys[record_index]
+    try:
+      image = self._source.load(key)
+    except (ValueError, OSError) as e:  # ImageError is a ValueError.
+      logging.error("Skipping %s: %s", key, e)
+      return {"index": record_index, "image": None, "error": f"{key}: {e}"}
+    return {
+      "index": record_index,
+      "key": key,
+      "key_id": _key_id(key),
+      "image": image,
+      "points": self._points[record_index],
+    }
+
+  def __repr__(self):
+    # grain compares this text when restoring an iterator state: it must be stable.
+    digest = hashlib.sha1("\n".join(self._keys).encode()).hexdigest()[:12]
+    return f"_PhotoSource(name={self._name!r}, len={self._length}, keys={digest})"
+
+
+class _EpochSampler(grain.IndexSampler):
+  """grain's shuffling IndexSampler, with each record's generator seeded from
+  `[seed, epoch, record_index]` (grain's own is seeded from `seed + position`)."""
+
+  def __getitem__(self, index):
+    metadata = super().__getitem__(index)
+    epoch = index // self._num_records
+    rng = np.random.default_rng([self._seed, epoch, int(metadata.record_key)])
+    return dataclasses.replace(metadata, rng=rng)
+
+  def __repr__(self):
+    return "_Epoch" + super().__repr__()
+
+
+def _guarded(element, rng, options, *, augment):
+  """`make_pair`, or None (logged, naming the image) when one odd face breaks it: a long run
+  goes on without that example (training drops it, evaluation counts it invalid)."""
+  try:
+    return make_pair(element["image"], element["points"], rng, options, augment=augment)
+  except Exception as e:
+    logging.error(
+      "Skipping %s: making its pair failed (%s: %s)", element["key"], type(e).__name__, e
+    )
+    return None
+
+
+class _TrainPair(grain.RandomMapTransform):
+  """Makes an augmented training pair from the sampler's per-(epoch, record) generator."""
+
+  def __init__(self, options: PairOptions):
+    self._options = options
+
+  def random_map(self, element, rng):
+    if element["image"] is None:
+      return None
+    return _guarded(element, rng, self._options, augment=True)
+
+
+class _EvalPair(grain.MapTransform):
+  """Makes an evaluation pair: fixed mask per example, no augmentation, padding -> valid=0."""
+
+  def __init__(self, options: PairOptions, seed: int):
+    self._options = options
+    self._seed = seed
+
+  def map(self, element):
+    if element["image"] is None:
+      return padding_example(self._options.image_size)
+    # Seeded by the image's key, so its mask is the same whatever the split size or cap.
+    rng = np.random.default_rng([self._seed, element["key_id"]])
+    pair = _guarded(element, rng, self._options, augment=False)
+    return padding_example(self._options.image_size) if pair is None else pair
+
+
+class _DropFailed(grain.FilterTransform):
+  def filter(self, element):
+    return element is not None
+
+
+def _cap(keys: list[str], cap: int, seed: int) -> list[str]:
+  """At most `cap` keys (0 = all): a seeded sample, in the split's order, rather than the
+  first keys (which would be a handful of identities)."""
+  if not cap or len(keys) <= cap:
+    return keys
+  chosen = np.random.default_rng([seed, len(keys)]).choice(len(keys), cap, replace=False)
+  return [keys[i] for i in sorted(chosen)]
+
+
+def _split_keys(prepared: PreparedData, split: str) -> list[str]:
+  if split not in prepared.splits:
+    raise ValueError(f"unknown split {split!r}; expected one of {sorted(prepared.splits)}")
+  keys = prepared.splits[split]
+  if not keys:
+    raise ValueError(f"split {split!r} of {prepared.source.name} is empty")
+  return keys
+
+
+def _points(prepared: PreparedData, keys) -> np.ndarray:
+  return np.stack([np.asarray(prepared.landmarks[k].points, np.float32) for k in keys])
+
+
+def _worker_count(data_config) -> int:
+  count = int(data_config.worker_count)
+  if count > 0 and not flags.FLAGS.is_parsed():
+    # grain's workers read absl flags; outside absl.app.run (pytest, notebooks) they are unparsed.
+    flags.FLAGS.mark_as_parsed()
+  return count
+
+
+def _check_shard(shard_index, shard_count):
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard_index {shard_index} not in [0, shard_count={shard_count})")
+
+
+def train_loader(
+  prepared: PreparedData, data_config, *, batch_size, seed, shard_index=0, shard_count=1
+):
+  """An endless, shuffled grain loader of training batches for this host.
+
+  Args:
+    prepared: from `prepare_data`.
+    data_config: `config.data`.
+    batch_size: examples per batch on this host (the global batch / shard_count).
+    seed: shuffling, masks and augmentation (also mixed with the epoch).
+    shard_index, shard_count: this host's slice of the data (jax.process_index/count()).
+
+  Returns:
+    a `grain.DataLoader`; `iter(loader)` gives an iterator with `get_state()`/`set_state()`,
+    saved by orbax with `grain.python.PyGrainCheckpointSave(iterator)`.
+  """
+  _check_shard(shard_index, shard_count)
+  keys = _split_keys(prepared, "train")
+  if len(keys) < batch_size * shard_count:
+    raise ValueError(
+      f"train split has {len(keys)} examples, fewer than one global batch "
+      f"({batch_size} x {shard_count} hosts)"
+    )
+  source = _PhotoSource(prepared.source, keys, _points(prepared, keys), name="train")
+  # The sampler shuffles the whole split each epoch; the loader hands each host every
+  # shard_count-th element, so hosts never see the same example in an epoch.
+  sampler = _EpochSampler(num_records=len(keys), shuffle=True, seed=int(seed), num_epochs=None)
+  options = PairOptions.from_config(data_config)
+  return grain.DataLoader(
+    data_source=source,
+    sampler=sampler,
+    operations=[
+      _TrainPair(options),
+      _DropFailed(),
+      grain.Batch(batch_size=batch_size, drop_remainder=True),
+    ],
+    worker_count=_worker_count(data_config),
+    worker_buffer_size=int(data_config.worker_buffer_size),
+    shard_options=grain.ShardOptions(shard_index, shard_count, drop_remainder=True),
+  )
+
+
+def num_eval_batches(num_examples: int, batch_size: int, shard_count: int = 1) -> int:
+  """Batches per host for one pass over `num_examples` (the same on every host)."""
+  return math.ceil(num_examples / (batch_size * shard_count))
+
+
+def eval_batches(
+  prepared: PreparedData, data_config, split, *, batch_size, shard_index=0, shard_count=1
+):
+  """One pass over a split: every example exactly once, fixed masks, no augmentation.
+
+  The split is padded to a multiple of `batch_size * shard_count` with `valid == 0` examples,
+  so every host gets the same number of full-shape batches.
+
+  Returns:
+    a `grain.DataLoader`; each `iter()` is a fresh pass.
+  """
+  _check_shard(shard_index, shard_count)
+  keys = _split_keys(prepared, split)
+  total = num_eval_batches(len(keys), batch_size, shard_count) * batch_size * shard_count
+  source = _PhotoSource(
+    prepared.source, keys, _points(prepared, keys), name=split, num_padded=total - len(keys)
+  )
+  sampler = grain.IndexSampler(num_records=total, shuffle=False, num_epochs=1)
+  options = PairOptions.from_config(data_config)
+  return grain.DataLoader(
+    data_source=source,
+    sampler=sampler,
+    operations=[
+      _EvalPair(options, int(data_config.get("eval_seed", 0))),
+      grain.Batch(batch_size=batch_size, drop_remainder=False),
+    ],
+    worker_count=_worker_count(data_config),
+    worker_buffer_size=int(data_config.worker_buffer_size),
+    shard_options=grain.ShardOptions(shard_index, shard_count, drop_remainder=False),
+  )
