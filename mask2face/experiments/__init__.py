@@ -1,0 +1,6 @@
+"""Ablation grids over the configs in `configs/`: loading (`grid`), running (`run`), tables (`report`).
+
+A grid is a Python file in `experiments/` with a `sweep(add)` function; every `add(...)` call
+is one configuration (a config file plus overrides) trained once per seed. See
+`experiments/architectures.py` for an example and `python -m mask2face.experiments.run --help`.
+"""

@@ -1,0 +1,458 @@
+"""Tests for the grid runner and the result tables (mask2face.experiments), with a fake trainer."""
+
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mask2face.experiments import grid as grid_lib
+from mask2face.experiments import report, run
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+GRIDS = sorted((REPO_ROOT / "experiments").glob("*.py"))
+SAFE_NAME = re.compile(r"^[A-Za-z0-9._=,+@~-]+(/[A-Za-z0-9._=,+@~-]+)*$")
+
+
+def write_grid(tmp_path, body: str, name: str = "grid.py") -> pathlib.Path:
+  path = tmp_path / name
+  path.write_text(textwrap.dedent(body))
+  return path
+
+
+def _config_keys(config, prefix=""):
+  keys = set()
+  for key, value in config.items():
+    keys.add(prefix + key)
+    if hasattr(value, "items"):
+      keys |= _config_keys(value, prefix + key + ".")
+  return keys
+
+
+# --- Grids. ------------------------------------------------------------------------------------
+
+
+def test_shipped_grids_exist():
+  names = {p.stem for p in GRIDS}
+  assert {"architectures", "losses", "depth_width", "upsampling"} <= names
+
+
+@pytest.mark.parametrize("path", GRIDS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("runlocal", [False, True])
+def test_shipped_grid_loads_with_unique_safe_names_and_valid_keys(path, runlocal):
+  points = grid_lib.load_grid(path, runlocal=runlocal)
+  names = [p.name for p in points]
+  assert len(names) == len(set(names))
+  assert all(SAFE_NAME.match(n) and len(n.split("/")) == 3 for n in names), names
+  assert names == [p.name for p in grid_lib.load_grid(path, runlocal=runlocal)]  # Deterministic.
+  # Every override names a real field of its (locked) config: a typo would fail every run.
+  for point in points:
+    module = grid_lib.load_module(grid_lib.resolve_config(point.config))
+    keys = _config_keys(module.get_config(point.arg or None))
+    missing = set(point.all_overrides()) - keys
+    assert not missing, f"{path.name}: {point.name} overrides unknown fields {missing}"
+  if runlocal:
+    assert all(p.shared == () for p in points)  # runlocal's own budget replaces BUDGET.
+
+
+def test_architectures_grid_has_one_equal_budget():
+  points = grid_lib.load_grid(REPO_ROOT / "experiments" / "architectures.py")
+  configs = {pathlib.Path(p.config).stem for p in points}
+  assert configs == {
+    "encoder_decoder",
+    "unet",
+    "resnet_unet",
+    "refine_unet",
+    "vae_unet",
+    "upstream_resnet_unet",
+  }
+  budgets = {p.shared for p in points}
+  assert len(budgets) == 1
+  budget = dict(budgets.pop())
+  assert {"num_train_steps", "batch_size", "data.image_size", "data.source"} <= set(budget)
+  assert all(not p.overrides for p in points)
+
+
+def test_losses_and_upsampling_grids_cover_their_choices():
+  losses = grid_lib.load_grid(REPO_ROOT / "experiments" / "losses.py")
+  assert {dict(p.overrides)["loss.name"] for p in losses} == {
+    "mae",
+    "mse",
+    "ssim",
+    "ssim_l1",
+    "upstream_ssim_mse",
+  }
+  assert {p.config for p in losses} == {"configs/resnet_unet.py"}
+  ups = grid_lib.load_grid(REPO_ROOT / "experiments" / "upsampling.py")
+  assert {dict(p.overrides)["model.upsample"] for p in ups} == {"transpose", "resize_conv"}
+
+
+def test_depth_width_has_upstream_settings_and_scales_under_runlocal():
+  full = grid_lib.load_grid(REPO_ROOT / "experiments" / "depth_width.py")
+  tables = {(dict(p.overrides)["model.filters"], dict(p.overrides)["model.kernels"]) for p in full}
+  for filters, kernels in [
+    ((64, 128, 128, 256, 256, 512), (7, 7, 7, 3, 3, 3)),
+    ((64, 128, 128, 256, 256, 512), (7, 5, 5, 3, 3, 3)),
+    ((16, 32, 64, 128, 256), (3,) * 5),
+    ((256, 256, 128, 128, 64, 64, 32, 16), (3,) * 8),
+  ]:
+    assert (filters, kernels) in tables
+  assert len(tables) > 4  # "and a few more"
+  local = grid_lib.load_grid(REPO_ROOT / "experiments" / "depth_width.py", runlocal=True)
+  for point in local:
+    overrides = dict(point.overrides)
+    levels = len(overrides["model.filters"])
+    assert max(overrides["model.filters"]) <= 1024 // 8
+    # Each level halves the image: the 8-level net needs 256 px even in a quick run.
+    assert overrides.get("data.image_size", 64) >= 2**levels
+
+
+def test_point_names_are_readable_order_free_and_distinct():
+  a = grid_lib.point_group("configs/unet.py", "", {"model.filters": (8, 16, 32), "seed_x": 1})
+  b = grid_lib.point_group("configs/unet.py", "", {"seed_x": 1, "model.filters": (8, 16, 32)})
+  assert a == b == "unet/model.filters=8-16-32,seed_x=1"
+  assert grid_lib.point_group("configs/unet.py", "size=128", {}) == "unet@size=128/default"
+  # Unsafe characters are replaced, and the hash keeps texts that clean up alike apart.
+  slash = grid_lib.point_group("configs/unet.py", "", {"data.source": "/a/b"})
+  under = grid_lib.point_group("configs/unet.py", "", {"data.source": "_a_b"})
+  assert slash != under and "/" not in slash.split("/", 1)[1]
+  long = grid_lib.point_group("configs/unet.py", "", {"model.filters": tuple(range(100))})
+  assert len(long.split("/")[1]) <= grid_lib.MAX_COMPONENT_LEN and "~" in long
+  assert grid_lib.name_value(1e-4) == "0.0001" and grid_lib.name_value(True) == "True"
+
+
+def test_flag_values_parse_back_to_the_same_values():
+  import ast
+
+  for value in [(8, 16), 0.0005, True, 3, "mae", "1", "tfds:lfw"]:
+    text = grid_lib.flag_value(value)
+    try:
+      parsed = ast.literal_eval(text)
+    except (SyntaxError, ValueError):
+      parsed = text  # How ml_collections' config flags treat a non-literal.
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_load_grid_errors_name_the_file(tmp_path):
+  with pytest.raises(grid_lib.GridError, match="no such grid file"):
+    grid_lib.load_grid(tmp_path / "missing.py")
+  no_sweep = write_grid(tmp_path, "X = 1\n", "no_sweep.py")
+  with pytest.raises(grid_lib.GridError, match=r"no_sweep\.py.*sweep"):
+    grid_lib.load_grid(no_sweep)
+  twice = write_grid(
+    tmp_path,
+    """
+    def sweep(add):
+      add(config="configs/unet.py", overrides={"a": 1, "b": 2})
+      add(config="configs/unet.py", overrides={"b": 2, "a": 1})
+    """,
+    "twice.py",
+  )
+  with pytest.raises(grid_lib.GridError, match=r"twice\.py.*added twice"):
+    grid_lib.load_grid(twice)
+  bad_config = write_grid(
+    tmp_path, "def sweep(add):\n  add(config='configs/nope.py')\n", "bad_config.py"
+  )
+  with pytest.raises(grid_lib.GridError, match=r"bad_config\.py.*nope\.py"):
+    grid_lib.load_grid(bad_config)
+  broken = write_grid(tmp_path, "def sweep(add):\n  1 / 0\n", "broken.py")
+  with pytest.raises(grid_lib.GridError, match=r"broken\.py: sweep.*ZeroDivisionError"):
+    grid_lib.load_grid(broken)
+
+
+def test_seeds_expand_and_can_be_replaced(tmp_path):
+  path = write_grid(
+    tmp_path, "def sweep(add):\n  add(config='configs/unet.py:size=32', seeds=(0, 1, 2))\n"
+  )
+  points = grid_lib.load_grid(path)
+  assert [p.name for p in points] == [f"unet@size=32/default/seed={s}" for s in (0, 1, 2)]
+  assert points[0].arg == "size=32" and points[0].config == "configs/unet.py"
+  assert [p.seed for p in grid_lib.load_grid(path, seeds=[5])] == [5]
+
+
+# --- Runner. -----------------------------------------------------------------------------------
+
+FAKE_TRAINER = '''
+"""A stand-in for mask2face.main: records its calls, can be interrupted once, or fail."""
+import json, os, pathlib, sys
+
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--"))
+workdir = pathlib.Path(args["workdir"])
+with open(os.environ["FAKE_CALLS"], "a") as f:
+  f.write(json.dumps({"workdir": str(workdir), "argv": sys.argv[1:]}) + "\\n")
+if args.get("config.loss.name") == "broken":
+  print("Traceback: the model exploded", flush=True)
+  sys.exit(3)
+checkpoints = workdir / "checkpoints"
+if os.environ.get("FAKE_INTERRUPT") and not checkpoints.exists():
+  checkpoints.mkdir()  # Killed after its first checkpoint.
+  sys.exit(137)
+result = {"resumed": checkpoints.exists(), "seed": int(args["config.seed"])}
+(workdir / "results.json").write_text(json.dumps(result))
+'''
+
+
+@pytest.fixture
+def fake_setup(tmp_path, monkeypatch):
+  trainer = tmp_path / "fake_main.py"
+  trainer.write_text(FAKE_TRAINER)
+  calls = tmp_path / "calls.jsonl"
+  monkeypatch.setenv("FAKE_CALLS", str(calls))
+  path = write_grid(
+    tmp_path,
+    """
+    def sweep(add):
+      add(config="configs/resnet_unet.py", overrides={"loss.name": "mae"}, seeds=(0, 1))
+      add(config="configs/resnet_unet.py", overrides={"loss.name": "broken"})
+    """,
+  )
+  points = grid_lib.load_grid(path)
+
+  def read_calls():
+    if not calls.exists():
+      return []
+    return [json.loads(line) for line in calls.read_text().splitlines()]
+
+  return points, (sys.executable, str(trainer)), tmp_path / "root", read_calls
+
+
+def test_runner_skips_complete_resumes_interrupted_and_reports_failures(fake_setup, monkeypatch):
+  points, trainer, root, read_calls = fake_setup
+  # 1) Every run is interrupted (or fails): reported, and the runner goes on to the next.
+  monkeypatch.setenv("FAKE_INTERRUPT", "1")
+  outcomes = run.run_points(points, root, trainer=trainer, data="/faces", extra={"x.y": "1"})
+  assert [o.status for o in outcomes] == ["failed"] * 3
+  assert "exit code 137" in outcomes[0].detail
+  assert "exit code 3" in outcomes[2].detail and "model exploded" in outcomes[2].detail
+  assert len(read_calls()) == 3
+  summary = run.summarize(outcomes)
+  assert "3 failed" in summary and "FAILED resnet_unet/loss.name=broken/seed=0" in summary
+
+  # 2) The same command again resumes the interrupted points in the same workdirs.
+  monkeypatch.delenv("FAKE_INTERRUPT")
+  outcomes = run.run_points(points, root, trainer=trainer, data="/faces", extra={"x.y": "1"})
+  assert [o.status for o in outcomes] == ["done", "done", "failed"]
+  for point in points[:2]:
+    result = json.loads((root / point.name / "results.json").read_text())
+    assert result == {"resumed": True, "seed": point.seed}
+    record = json.loads((root / point.name / "point.json").read_text())
+    assert record["attempts"] == 2
+    assert record["config"] == "configs/resnet_unet.py" and record["seed"] == point.seed
+    assert record["overrides"] == {"loss.name": "mae"} and record["commit"]
+    assert f"--workdir={root / point.name}" in record["command"]
+    assert (root / point.name / "run.log").read_text().count("===") == 2
+  last = read_calls()[-3]["argv"]
+  assert "--config=configs/resnet_unet.py" in last
+  assert "--config.data.source=/faces" in last and "--config.x.y=1" in last
+  assert last[-1] == "--config.seed=0"
+
+  # 3) Complete points are skipped: only the failing one is tried again.
+  n_calls = len(read_calls())
+  outcomes = run.run_points(points, root, trainer=trainer)
+  assert [o.status for o in outcomes] == ["skipped", "skipped", "failed"]
+  assert [c["workdir"] for c in read_calls()[n_calls:]] == [str(root / points[2].name)]
+
+
+def test_runner_parallel_gives_each_worker_its_own_gpus(fake_setup):
+  points, trainer, root, read_calls = fake_setup
+  outcomes = run.run_points(
+    points[:2], root, trainer=trainer, parallel=2, devices="gpu:0,1,2,3", runlocal=True
+  )
+  assert [o.status for o in outcomes] == ["done", "done"]
+  envs = sorted(
+    json.loads((root / p.name / "point.json").read_text())["env"]["CUDA_VISIBLE_DEVICES"]
+    for p in points[:2]
+  )
+  assert envs == ["0,1", "2,3"]
+  assert all("--config=configs/resnet_unet.py:runlocal" in c["argv"] for c in read_calls())
+
+
+def test_device_groups(monkeypatch):
+  assert run.device_groups(2, "0,1,2,3") == [
+    {"CUDA_VISIBLE_DEVICES": "0,1"},
+    {"CUDA_VISIBLE_DEVICES": "2,3"},
+  ]
+  tpu = run.device_groups(4, "tpu:0,1,2,3")
+  assert [g["TPU_VISIBLE_CHIPS"] for g in tpu] == ["0", "1", "2", "3"]
+  assert len({g["TPU_PROCESS_PORT"] for g in tpu}) == 4
+  assert run.device_groups(1, "tpu:0,1,2,3")[0]["TPU_CHIPS_PER_PROCESS_BOUNDS"] == "2,2,1"
+  with pytest.raises(ValueError, match="does not divide"):
+    run.device_groups(3, "0,1,2,3")
+  monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+  assert run.device_groups(2) == [{"CUDA_VISIBLE_DEVICES": "4"}, {"CUDA_VISIBLE_DEVICES": "5"}]
+  monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+  monkeypatch.setattr(run, "_count_gpus", lambda: 0)
+  monkeypatch.setattr(run, "_count_tpu_chips", lambda: 0)
+  assert run.device_groups(3) == [{}, {}, {}]  # A CPU: the workers share it.
+
+
+def test_print_commands_cli(tmp_path):
+  path = write_grid(
+    tmp_path,
+    """
+    def sweep(add):
+      add(config="configs/unet.py", overrides={"model.filters": (8, 16)}, seeds=(0, 1))
+      add(config="configs/encoder_decoder.py")
+    """,
+  )
+  root = tmp_path / "root"
+  done = root / "unet/model.filters=8-16/seed=1"
+  done.mkdir(parents=True)
+  (done / "results.json").write_text("{}")
+  faces = tmp_path / "faces"
+  faces.mkdir()
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "mask2face.experiments.run",
+      f"--grid={path}",
+      f"--root={root}",
+      "--print-commands",
+      "--runlocal",
+      f"--data={faces}",
+      "--override=num_train_steps=5",
+    ],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    check=True,
+    timeout=120,
+  )
+  lines = out.stdout.strip().splitlines()
+  assert len(lines) == 2  # The complete point is left out.
+  assert lines[0].startswith(f"cd {REPO_ROOT} && ")
+  assert "--config=configs/unet.py:runlocal" in lines[0]
+  assert f"--workdir={root}/unet/model.filters=8-16/seed=0" in lines[0]
+  assert "'--config.model.filters=(8, 16)'" in lines[0]
+  assert f"--config.data.source={faces}" in lines[0] and "--config.num_train_steps=5" in lines[0]
+  assert lines[1].endswith("--config.seed=0") and "encoder_decoder/default/seed=0" in lines[1]
+  record = json.loads((root / "unet/model.filters=8-16/seed=0/point.json").read_text())
+  assert record["command_line"] == lines[0]
+  assert not (root / "unet/model.filters=8-16/seed=0/results.json").exists()  # Nothing ran.
+
+
+# --- Report. -----------------------------------------------------------------------------------
+
+FAMILIES = ("surgical", "n95")
+
+
+def _metrics(rng, shift):
+  values = {
+    "psnr": 20 + shift + rng.normal(),
+    "ssim": 0.6 + rng.uniform(0, 0.1),
+    "l1": 0.05 + rng.uniform(0, 0.01),
+    "masked_psnr": 15 + shift + rng.normal(),
+    "masked_ssim": 0.3 + rng.uniform(0, 0.1),
+    "masked_l1": 0.1 + rng.uniform(0, 0.01),
+    "count": 10.0,
+  }
+  for i, family in enumerate(FAMILIES):
+    values[f"family/{family}/masked_psnr"] = values["masked_psnr"] + i
+    values[f"family/{family}/masked_ssim"] = values["masked_ssim"]
+    values[f"family/{family}/masked_l1"] = values["masked_l1"]
+    values[f"family/{family}/count"] = 5.0
+  return values
+
+
+@pytest.fixture
+def results_root(tmp_path):
+  """Two configurations x 3 seeds of synthetic results.json, one unreadable file."""
+  rng = np.random.default_rng(0)
+  root = tmp_path / "grid"
+  expected = {}
+  for group, arch, shift in [("unet/default", "unet", 0.0), ("resnet_unet/default", "resnet", 2)]:
+    for seed in range(3):
+      workdir = root / group / f"seed={seed}"
+      workdir.mkdir(parents=True)
+      test = _metrics(rng, shift)
+      test["identity_similarity"] = 0.9 + 0.01 * seed
+      baseline = {k: v - 3 for k, v in _metrics(np.random.default_rng(99), 0).items()}
+      result = {
+        "config_name": arch,
+        "architecture": arch,
+        "num_params": 1000 + int(shift),
+        "img_per_sec": 10.0 + seed,
+        "test": test,
+        "baseline": baseline,
+        "steps": 10,
+      }
+      (workdir / "results.json").write_text(json.dumps(result))
+      if arch == "unet":  # The other group is named from its folders.
+        (workdir / "point.json").write_text(json.dumps({"group": group, "seed": seed}))
+      expected.setdefault(group, []).append(test)
+      (workdir / "metrics.jsonl").write_text(
+        "\n".join(json.dumps({"step": s, "train_loss": 1.0 / s}) for s in (1, 2)) + "\n"
+      )
+  bad = root / "broken" / "seed=0"
+  bad.mkdir(parents=True)
+  (bad / "results.json").write_text("{not json")
+  return root, expected, baseline
+
+
+def test_report_mean_std_baseline_and_files(results_root, tmp_path):
+  root, expected, baseline = results_root
+  runs = report.load_runs(root)
+  assert len(runs) == 6 and len(runs.attrs["bad_files"]) == 1
+  assert set(runs["group"]) == set(expected)
+  summary = report.summarize(runs)
+  assert summary["configuration"].iloc[0] == report.BASELINE
+  assert len(summary) == 3
+  for group, tests in expected.items():
+    row = summary.set_index("configuration").loc[group]
+    assert row["seeds"] == 3
+    for metric in ("masked_psnr", "psnr", "ssim", "l1", "identity_similarity"):
+      values = np.array([t[metric] for t in tests])
+      np.testing.assert_allclose(row[f"{metric}_mean"], values.mean(), rtol=1e-12)
+      np.testing.assert_allclose(row[f"{metric}_std"], values.std(ddof=1), rtol=1e-12)
+  base = summary.iloc[0]
+  np.testing.assert_allclose(base["masked_psnr_mean"], baseline["masked_psnr"])
+  np.testing.assert_allclose(base["masked_psnr_std"], 0.0, atol=1e-12)
+  # The better configuration (higher masked PSNR) comes first after the baseline.
+  assert summary["configuration"].iloc[1] == "resnet_unet/default"
+
+  families = report.family_table(runs)
+  assert set(families["family"]) == set(FAMILIES)
+  assert set(families["configuration"]) == {report.BASELINE, *expected}
+  row = families.set_index(["configuration", "family"]).loc[("unet/default", "n95")]
+  want = np.array([t["family/n95/masked_psnr"] for t in expected["unet/default"]])
+  np.testing.assert_allclose(row["masked_psnr_mean"], want.mean())
+  np.testing.assert_allclose(row["masked_psnr_std"], want.std(ddof=1))
+
+  out = tmp_path / "tables"
+  written = report.write_report(root, out)
+  assert set(written) == {"runs.csv", "summary.csv", "summary.md", "families.csv", "families.md"}
+  csv = pd.read_csv(out / "summary.csv")
+  np.testing.assert_allclose(csv["masked_psnr_mean"], summary["masked_psnr_mean"])
+  markdown = (out / "summary.md").read_text()
+  assert markdown.count("\n") == 2 + len(summary)  # Header, rule, one line per row.
+  mean, std = summary.iloc[1][["masked_psnr_mean", "masked_psnr_std"]]
+  assert f"{mean:.2f} ± {std:.2f}" in markdown and report.BASELINE in markdown
+  assert "n95" in (out / "families.md").read_text()
+
+
+def test_report_curves_images_and_cli(results_root, tmp_path):
+  root, expected, _ = results_root
+  curves = report.load_curves(root)
+  assert len(curves) == 12 and set(curves["group"]) == set(expected)
+  image = root / "unet/default/seed=1/images"
+  image.mkdir()
+  (image / "eval_0000005.png").write_bytes(b"png")
+  (image / "eval_0000010.png").write_bytes(b"png")
+  assert report.eval_images(root) == {"unet/default": str(image / "eval_0000010.png")}
+
+  out = subprocess.run(
+    [sys.executable, "-m", "mask2face.experiments.report", f"--root={root}"],
+    capture_output=True,
+    text=True,
+    check=True,
+    timeout=120,
+  )
+  assert report.BASELINE in out.stdout and (root / "summary.csv").exists()
+  with pytest.raises(FileNotFoundError, match="no such results folder"):
+    report.load_runs(tmp_path / "nowhere")
