@@ -5,6 +5,8 @@ returns the result. The argument string after the config path (`--config=configs
 is parsed by `parse_arg`; `runlocal` shrinks everything so a run finishes in minutes on a CPU.
 """
 
+import pathlib
+
 import ml_collections
 
 
@@ -38,6 +40,9 @@ def get_config(arg=None):
   config.data.image_size = 256
   config.data.margin = 1.0 / 3.0  # Face box widened by this fraction on every side (upstream).
   config.data.level_eyes = False  # Rotate the crop so the eyes are horizontal.
+  # auto | crop_then_paint | paint_then_crop. 'auto' paints at the lower resolution: on the
+  # photo when the crop enlarges it, on the crop when it shrinks it (mask2face/data/pipeline.py).
+  config.data.paint_order = "auto"
   # Mask families by name ('all', or a comma-separated list of names, see
   # mask2face.data.masks.FAMILY_NAMES) and optional weights in the same order.
   config.data.mask_families = "all"
@@ -45,7 +50,8 @@ def get_config(arg=None):
   config.data.templates_dir = ""  # A MaskTheFace template folder ('' = procedural masks only).
   # Splits: identity-disjoint, deterministic by split_seed.
   config.data.split_seed = 0
-  config.data.test_size = 1000  # Images; a value below 1 is a fraction of the source.
+  # Images; a value below 1 is a fraction of the source. A float, so overrides may be either.
+  config.data.test_size = 1000.0
   config.data.val_fraction = 0.2
   # Augmentation, identical on both images of a pair (upstream's values).
   config.data.flip = True
@@ -54,7 +60,8 @@ def get_config(arg=None):
   config.data.saturation = (0.2, 1.3)
   config.data.brightness = 0.1
   config.data.contrast = (0.2, 1.5)
-  config.data.worker_count = 4
+  config.data.eval_seed = 0  # Evaluation masks: fixed per image, seeded by [eval_seed, key].
+  config.data.worker_count = 4  # grain worker processes (0 = in the main process).
   config.data.worker_buffer_size = 2
   # A cap on examples per split (0 = all), for quick runs.
   config.data.max_examples = 0
@@ -67,9 +74,16 @@ def get_config(arg=None):
   # --- Loss (mask2face/losses.py). -----------------------------------------------------------
   config.loss = ml_collections.ConfigDict()
   config.loss.name = "ssim_l1"  # mae | mse | ssim | ssim_l1 | upstream_ssim_mse
-  config.loss.kl_weight = 0.0  # VAE only (ignored where aux has no mean/logvar).
+  # ssim_l1 = ssim_weight * (1 - SSIM) + pixel_weight * MAE; upstream_ssim_mse uses MSE instead
+  # (1.0 and 1.0 reproduce upstream's loss).
+  config.loss.ssim_weight = 1.0
+  config.loss.pixel_weight = 1.0
+  # VAE only (ignored where aux has no mean/logvar). The KL is summed over latent dimensions
+  # while pixel losses are per-pixel means, so useful weights are small (about 1e-4).
+  config.loss.kl_weight = 0.0
   config.loss.coarse_weight = 0.0  # Deep supervision of aux['coarse'] (two-stage models).
-  config.loss.masked_weight = 1.0  # Pixel weights inside / outside the binary mask.
+  # Pixel weights inside / outside the binary mask (errors are scaled, not renormalised).
+  config.loss.masked_weight = 1.0
   config.loss.unmasked_weight = 1.0
 
   # --- Optimizer. ----------------------------------------------------------------------------
@@ -82,9 +96,10 @@ def get_config(arg=None):
   config.batch_size = 12  # Global batch, over all devices and hosts.
   config.num_epochs = 20
   config.num_train_steps = -1  # -1 = derived from num_epochs.
+  config.final_lr_fraction = 0.0  # warmup_cosine ends at learning_rate times this.
 
   # --- Evaluation, early stopping. ----------------------------------------------------------
-  config.eval_every_steps = 1000
+  config.eval_every_steps = 1000  # -1 = once per epoch (upstream's Keras loop).
   config.eval_batch_size = 0  # 0 = batch_size.
   config.best_metric = "eval_loss"
   config.best_mode = "min"
@@ -95,18 +110,52 @@ def get_config(arg=None):
   config.log_every_steps = 50
   config.checkpoint_every_steps = 1000
   config.max_checkpoints_to_keep = 3
-  config.num_image_grid = 8
+  config.num_image_grid = 8  # Rows (masked | prediction | target) of each evaluation's PNG.
+  # Weights to start from when the workdir has no checkpoint: a step folder of another run,
+  # e.g. /runs/a/checkpoints/5000 ('' = fresh initialisation).
+  config.init_checkpoint = ""
+  # JAX's persistent compilation cache: a rerun loads compiled steps instead of compiling
+  # ('' = off). Programs that compile faster than `compilation_cache_min_secs` are not stored.
+  config.compilation_cache_dir = "~/.cache/mask2face/jax"
+  config.compilation_cache_min_secs = 1.0
 
   # --- Distribution. -------------------------------------------------------------------------
   config.multihost = False  # Call jax.distributed.initialize() at start-up.
   return config
 
 
+# The grayscale LFW subset beside the checkout (see ../shared/data/README.md), if present.
+LOCAL_FACES = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw_gray"
+
+
+def finish(config, arg):
+  """Applies the options of the config argument: `runlocal`, `size=N`.
+
+  Every architecture config ends with `return common.finish(config, arg)`.
+  """
+  args = parse_arg(arg)
+  unknown = set(args) - {"runlocal", "size"}
+  if unknown:
+    raise ValueError(f"unknown config argument(s) {sorted(unknown)}; valid: runlocal, size=N")
+  if args.get("runlocal"):
+    apply_runlocal(config)
+  if "size" in args:
+    config.data.image_size = int(args["size"])
+  return config
+
+
 def apply_runlocal(config):
   """Shrinks a config so it trains in a couple of minutes on a 2-core CPU."""
+  if LOCAL_FACES.is_dir() and config.data.source.startswith("tfds:"):
+    config.data.source = str(LOCAL_FACES)
+  # An eighth of the channels: a 6-level ResNet U-Net at 64x64 steps in about 0.1 s on a CPU.
+  if "filters" in config.model:
+    config.model.filters = tuple(max(4, f // 8) for f in config.model.filters)
+  config.early_stopping_patience = 0
+  config.warmup_steps = min(config.warmup_steps, 10)
   config.data.image_size = 64
   config.data.worker_count = 0
-  config.data.test_size = 0.1
+  config.data.test_size = 0.1  # A tenth of the (capped) source, identity-disjoint.
   config.data.max_examples = 256
   config.batch_size = 8
   config.num_epochs = 1

@@ -1,0 +1,26 @@
+"""Plain U-Net (upstream's baseline architecture, here with resize-conv upsampling).
+
+python -m mask2face.main --config=configs/unet.py --workdir=/tmp/mask2face/unet
+python -m mask2face.main --config=configs/unet.py:runlocal --workdir=/tmp/m2f/unet_local
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  config = common.get_config()
+  config.name = "unet"
+
+  # --- Model. -------------------------------------------------------------------------------
+  config.model_name = "unet"
+  config.model.filters = (32, 64, 128, 256, 512)
+  config.model.kernels = 3
+  config.model.norm = "batch"
+
+  # --- Optimizer. ---------------------------------------------------------------------------
+  config.batch_size = 16
+  config.learning_rate = 5e-4
+  config.schedule = "warmup_cosine"
+  config.warmup_steps = 500
+  config.grad_clip_norm = 1.0
+  return common.finish(config, arg)
