@@ -1,0 +1,81 @@
+"""Coarse-then-refine: two U-Nets in sequence (an idea of the upstream article; the staging
+follows multi-stage restoration networks such as MAXIM, which return every stage's output).
+
+Stage 1, any registered single-stage model (`coarse_model`, default 'unet'), maps the masked
+image to a coarse face. Stage 2 (`refine_model`) sees concat(masked, coarse) and outputs the
+final image. The binary mask is not an input (the model interface is `apply(variables,
+masked)`), so no hard composite (coarse inside the mask, input outside) is possible; giving
+the refiner both images lets it learn where to copy the input and where to repaint, which is
+a learned composite. Both stages train end to end; `aux['coarse']` is stage 1's output so the
+loss can supervise it too (config.loss.coarse_weight, deep supervision).
+
+`filters`, `kernels`, `norm`, `activation`, `upsample` apply to both stages unless
+`coarse_kwargs` / `refine_kwargs` override them (per-stage keyword arguments of that model).
+Stage 1's own aux (e.g. a VAE's mean/logvar) is passed through; stage 2's gets a `refine_`
+prefix.
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mask2face.models import layers
+
+
+class RefineUNet(nn.Module):
+  """Two-stage model; `apply(...) -> (refined, {'coarse': coarse, ...})`."""
+
+  coarse_model: str = "unet"
+  refine_model: str = "unet"
+  filters: Sequence[int] = (16, 32, 64, 128, 256)
+  kernels: int | Sequence[int] = 3
+  norm: str = "batch"
+  activation: str = "relu"
+  upsample: str = "resize_conv"
+  coarse_kwargs: Mapping[str, Any] | None = None
+  refine_kwargs: Mapping[str, Any] | None = None
+  dtype: Any = "float32"
+  param_dtype: Any = "float32"
+  axis_name: str | None = None
+
+  def _stage(self, model_name: str, overrides: Mapping[str, Any] | None, name: str) -> nn.Module:
+    from mask2face.models import MODELS, get_model  # The registry imports this module.
+
+    if model_name == "refine_unet" or model_name not in MODELS:
+      valid = sorted(n for n in MODELS if n != "refine_unet")
+      raise ValueError(f"refine_unet: stage model {model_name!r} invalid; valid: {valid}")
+    kwargs = dict(
+      filters=tuple(self.filters),
+      kernels=self.kernels,
+      norm=self.norm,
+      activation=self.activation,
+      upsample=self.upsample,
+    )
+    if model_name == "resnet_unet":
+      # The upstream variant fixes norm/activation/upsample: let it choose unless overridden.
+      kwargs = dict(filters=kwargs["filters"], kernels=kwargs["kernels"])
+    kwargs.update(dict(overrides or {}))
+    return get_model(
+      model_name,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      axis_name=self.axis_name,
+      name=name,
+      **kwargs,
+    )
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict]:
+    coarse, coarse_aux = self._stage(self.coarse_model, self.coarse_kwargs, "coarse")(x, train)
+    stage2_in = jnp.concatenate([x.astype(jnp.float32), coarse], -1)
+    refine = self._stage(
+      self.refine_model, {"out_channels": x.shape[-1], **dict(self.refine_kwargs or {})}, "refine"
+    )
+    pred, refine_aux = refine(stage2_in.astype(layers.as_dtype(self.dtype)), train)
+    aux = dict(coarse_aux)
+    aux.update({f"refine_{k}": v for k, v in refine_aux.items()})
+    aux["coarse"] = coarse
+    return pred, aux

@@ -1,0 +1,107 @@
+"""A U-Net with a variational bottleneck (one of the upstream article's ideas for going further).
+
+Encoder per level i: two conv(filters[i]) + norm + act (the output is the level's skip), then a
+2x2 max-pool. At the bottom, 1x1 convs give a `mean` and a `logvar` map (latent_channels
+wide, float32); training draws z = mean + exp(logvar / 2) * eps with eps from the rng stream
+`latent`, evaluation uses z = mean, so eval is deterministic. The decoder mirrors a U-Net.
+
+With every skip a U-Net can route everything around the bottleneck and the latent carries
+nothing (the KL term then drives it to the prior for free). `dropped_skips` removes the
+highest-resolution skips (the top levels) so the missing face must be described by the
+latent; `dropped_skips=len(filters)` is a plain conditional VAE decoder. `aux` holds `mean` and
+`logvar` for the KL term (config.loss.kl_weight).
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mask2face.models import layers
+
+# exp(logvar) overflows or collapses to 0 outside this range; clipping keeps the KL finite.
+LOGVAR_RANGE = (-20.0, 10.0)
+
+
+class VAEUNet(nn.Module):
+  """U-Net with a sampled bottleneck; `apply(..., train=True, rngs={'latent': key})`.
+
+  Returns `(pred, {'mean': [B, h, w, C], 'logvar': [B, h, w, C]})` (float32).
+  """
+
+  filters: Sequence[int] = (16, 32, 64, 128, 256)
+  kernels: int | Sequence[int] = 3
+  latent_channels: int = 64
+  dropped_skips: int = 2
+  norm: str = "batch"
+  activation: str = "relu"
+  upsample: str = "resize_conv"
+  out_channels: int | None = None
+  dtype: Any = "float32"
+  param_dtype: Any = "float32"
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict]:
+    filters = tuple(int(f) for f in self.filters)
+    kernels = layers.level_kernels(filters, self.kernels)
+    layers.check_spatial(x, len(filters), "vae_unet")
+    layers.check_choice("upsample", self.upsample, layers.UPSAMPLES)
+    if not 0 <= self.dropped_skips <= len(filters):
+      raise ValueError(f"vae_unet: dropped_skips={self.dropped_skips} not in [0, {len(filters)}]")
+    common = dict(
+      norm=self.norm,
+      activation=self.activation,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      axis_name=self.axis_name,
+    )
+    out_channels = self.out_channels or x.shape[-1]
+    h = x.astype(layers.as_dtype(self.dtype))
+
+    skips = []
+    for f, k in zip(filters, kernels):
+      h = layers.ConvNormAct(f, k, **common)(h, train)
+      h = layers.ConvNormAct(f, k, **common)(h, train)
+      skips.append(h)
+      h = layers.max_pool2(h)
+
+    h = layers.ConvNormAct(filters[-1], kernels[-1], **common)(h, train)
+    # The posterior is computed in float32: exp(logvar) and the KL are sensitive to rounding.
+    dense = dict(dtype=jnp.float32, param_dtype=layers.as_dtype(self.param_dtype))
+    mean = nn.Conv(self.latent_channels, (1, 1), name="mean", **dense)(h)
+    logvar = jnp.clip(
+      nn.Conv(self.latent_channels, (1, 1), name="logvar", **dense)(h), *LOGVAR_RANGE
+    )
+    if train:
+      eps = jax.random.normal(self.make_rng("latent"), mean.shape, jnp.float32)
+      z = mean + jnp.exp(0.5 * logvar) * eps
+    else:
+      z = mean
+    h = layers.ConvNormAct(filters[-1], kernels[-1], **common)(
+      z.astype(layers.as_dtype(self.dtype)), train
+    )
+
+    for level in reversed(range(len(filters))):
+      f, k = filters[level], kernels[level]
+      h = layers.Upsample(
+        f,
+        k,
+        method=self.upsample,
+        use_bias=self.norm == "none",
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+      )(h)
+      h = layers.Norm(
+        self.norm, dtype=self.dtype, param_dtype=self.param_dtype, axis_name=self.axis_name
+      )(h, train)
+      h = layers.activation_fn(self.activation)(h)
+      if level >= self.dropped_skips:  # Levels 0 .. dropped_skips - 1 (the top) lose their skip.
+        h = jnp.concatenate([h, skips[level]], -1)
+      h = layers.ConvNormAct(f, k, **common)(h, train)
+
+    h = layers.ConvNormAct(max(filters[0] // 2, 1), 3, **common)(h, train)
+    pred = layers.SigmoidHead(out_channels, dtype=self.dtype, param_dtype=self.param_dtype)(h)
+    return pred, {"mean": mean, "logvar": logvar}
