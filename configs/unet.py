@@ -1,4 +1,8 @@
-"""Plain U-Net (upstream's baseline architecture, here with resize-conv upsampling).
+"""Plain U-Net (upstream's baseline architecture, here with BatchNorm and resize-conv upsampling).
+
+The reference of the small U-Net family: configs/encoder_decoder.py, refine_unet.py and
+vae_unet.py start from this config and change only the model, so the architectures grid
+compares them on the same data, widths and training recipe.
 
 python -m mask2face.main --config=configs/unet.py --workdir=/tmp/mask2face/unet
 python -m mask2face.main --config=configs/unet.py:runlocal --workdir=/tmp/m2f/unet_local
@@ -16,6 +20,7 @@ def get_config(arg=None):
   config.model.filters = (32, 64, 128, 256, 512)
   config.model.kernels = 3
   config.model.norm = "batch"
+  config.model.upsample = "resize_conv"  # Or 'transpose' (experiments/upsampling.py).
 
   # --- Optimizer. ---------------------------------------------------------------------------
   config.batch_size = 16

@@ -7,18 +7,10 @@ python -m mask2face.experiments.run --grid=experiments/architectures.py \
   --root=/tmp/m2f/arch_local --runlocal
 """
 
+from mask2face.experiments import grid
+
 # Shared by every point; --runlocal drops it (runlocal gives every config one small budget).
-# Learning rates and schedules stay each config's own: part of what makes the architecture.
-BUDGET = {
-  "data.source": "tfds:lfw",
-  "data.image_size": 256,
-  "batch_size": 16,
-  "num_train_steps": 20_000,
-  "eval_every_steps": 1000,
-  "checkpoint_every_steps": 1000,
-  # Early stopping would give the architectures different numbers of steps.
-  "early_stopping_patience": 0,
-}
+BUDGET = grid.STANDARD_BUDGET
 
 CONFIGS = (
   "encoder_decoder",

@@ -9,15 +9,9 @@ python -m mask2face.experiments.run --grid=experiments/depth_width.py --root=/tm
 python -m mask2face.experiments.report --root=/tmp/m2f/depth
 """
 
-BUDGET = {
-  "data.source": "tfds:lfw",
-  "data.image_size": 256,
-  "batch_size": 16,
-  "num_train_steps": 20_000,
-  "eval_every_steps": 1000,
-  "checkpoint_every_steps": 1000,
-  "early_stopping_patience": 0,
-}
+from mask2face.experiments import grid
+
+BUDGET = grid.STANDARD_BUDGET
 
 # (filters, kernels); a single int kernel means that kernel at every level.
 SETTINGS = (

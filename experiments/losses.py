@@ -7,14 +7,10 @@ python -m mask2face.experiments.run --grid=experiments/losses.py --root=/tmp/m2f
 python -m mask2face.experiments.report --root=/tmp/m2f/losses
 """
 
+from mask2face.experiments import grid
+
 BUDGET = {
-  "data.source": "tfds:lfw",
-  "data.image_size": 256,
-  "batch_size": 16,
-  "num_train_steps": 20_000,
-  "eval_every_steps": 1000,
-  "checkpoint_every_steps": 1000,
-  "early_stopping_patience": 0,
+  **grid.STANDARD_BUDGET,
   # Every run picks its test checkpoint by the same yardstick, not by its own loss.
   "best_metric": "eval_masked_psnr",
   "best_mode": "max",

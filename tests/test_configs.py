@@ -10,6 +10,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mask2face import train
+from mask2face.models import MODELS
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 ARCH_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("common",))
@@ -24,15 +25,10 @@ def load(name, arg=None):
 
 
 def test_every_architecture_has_a_config():
-  expected = {
-    "encoder_decoder",
-    "unet",
-    "resnet_unet",
-    "refine_unet",
-    "vae_unet",
-    "upstream_resnet_unet",
-  }
-  assert expected <= set(ARCH_CONFIGS)
+  # One config per registered model, under the model's name, plus the upstream reproduction.
+  assert {*MODELS, "upstream_resnet_unet"} <= set(ARCH_CONFIGS)
+  for name in MODELS:
+    assert load(name).model_name == name
 
 
 @pytest.mark.parametrize("name", ARCH_CONFIGS)
@@ -110,3 +106,31 @@ def test_size_argument_and_command_line_overrides():
   assert fv.config.model.norm == "group"
   with pytest.raises(AttributeError):
     fv.config.new_field = 1  # lock_config: a typo cannot add a field.
+
+
+@pytest.mark.parametrize("name", ["unet", "encoder_decoder", "refine_unet", "vae_unet"])
+def test_locked_config_takes_an_upsample_override(name):
+  # Every config of a model with the option has the field, so a locked config accepts it.
+  argv = ["prog", f"--config={CONFIG_DIR / name}.py:runlocal", "--config.model.upsample=transpose"]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", lock_config=True, flag_values=fv, sys_argv=argv)
+  fv(argv)
+  assert load(name).model.upsample == MODELS[name].upsample  # The model's own default.
+  config = fv.config
+  assert config.model.upsample == "transpose"
+  model = train.build_model(config, axis_name=None)
+  x = jnp.zeros((1, config.data.image_size, config.data.image_size, 3))
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))["params"]
+  names = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+  assert any("ConvTranspose" in n for n in names)
+
+
+def test_small_unet_family_shares_the_unet_recipe():
+  # The architectures grid compares models on one recipe: the variants change only the model.
+  base = load("unet")
+  for name in ("encoder_decoder", "refine_unet", "vae_unet"):
+    config = load(name)
+    for key in ("batch_size", "learning_rate", "schedule", "warmup_steps", "grad_clip_norm"):
+      assert config[key] == base[key], (name, key)
+    for key in ("filters", "kernels", "norm", "upsample"):
+      assert config.model[key] == base.model[key], (name, key)

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mask2face.models import MODELS, get_model, model_from_config
+from mask2face.models import MODELS, get_model, layers, model_from_config
 
 SIZE = 32
 # Tiny keyword arguments per registered model; a model missing here gets DEFAULT_TINY.
@@ -279,3 +279,51 @@ def test_modules_from_config_values_are_hashable():
   shapes = jax.eval_shape(functools.partial(model.init, train=False), RNGS, _batch())
   pred, aux = jax.eval_shape(jax.jit(model.apply, static_argnames="train"), shapes, _batch())
   assert pred.shape == aux["coarse"].shape == _batch().shape
+
+
+def test_parameter_names_are_stable():
+  # Checkpoints store parameters by module name: the shared blocks (layers.Blocks) must keep
+  # the names each model had when it created its submodules itself.
+  model = get_model("unet", filters=(4, 8), kernels=3, norm="batch")
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), RNGS, _batch())
+  convs = 2 + 1 + 2 + 1  # Encoder per level, bottleneck, decoder per level, head conv.
+  assert set(shapes["params"]) == {
+    *(f"ConvNormAct_{i}" for i in range(convs)),
+    "Upsample_0",
+    "Upsample_1",
+    "Norm_0",
+    "Norm_1",
+    "SigmoidHead_0",
+  }
+  assert set(shapes["params"]["Upsample_0"]["Conv_0"]) == {"kernel"}  # No bias before a norm.
+  assert set(shapes["batch_stats"]) == {
+    *(f"ConvNormAct_{i}" for i in range(convs)),
+    "Norm_0",
+    "Norm_1",
+  }
+
+
+def test_models_share_the_convnet_fields_with_their_own_defaults():
+  shared = ("filters", "kernels", "norm", "activation", "upsample", "out_channels", "dtype")
+  for name, cls in MODELS.items():
+    assert issubclass(cls, layers.ConvNet), name
+    assert all(hasattr(cls, f) for f in shared), name
+  # Upstream's U-Net had no normalization; the others default to BatchNorm; resnet_unet's
+  # variant decides.
+  assert MODELS["unet"].norm == "none" and MODELS["vae_unet"].norm == "batch"
+  assert MODELS["encoder_decoder"].norm == "batch" and MODELS["resnet_unet"].norm is None
+  assert get_model("resnet_unet", variant="upstream").options()["upsample"] == "transpose"
+  with pytest.raises(ValueError, match="unknown activation 'swish2'.*relu"):
+    _built_fail("vae_unet", activation="swish2", **TINY["vae_unet"])
+  with pytest.raises(ValueError, match="unknown norm 'layer'"):
+    _built_fail("unet", norm="layer", **TINY["unet"])
+
+
+def test_out_channels_for_every_model():
+  for name in MODELS:
+    model = get_model(name, out_channels=1, **TINY[name])
+    shapes = jax.eval_shape(functools.partial(model.init, train=False), RNGS, _batch())
+    pred, aux = jax.eval_shape(functools.partial(model.apply, train=False), shapes, _batch())
+    assert pred.shape == (2, SIZE, SIZE, 1), name
+    if name == "refine_unet":  # The coarse stage still outputs the input's channels.
+      assert aux["coarse"].shape == (2, SIZE, SIZE, 3)

@@ -2,7 +2,8 @@
 
 A grid file (`experiments/*.py`) defines
 
-  BUDGET = {'num_train_steps': 20_000, ...}  # optional: overrides every point shares
+  from mask2face.experiments.grid import STANDARD_BUDGET
+  BUDGET = {**STANDARD_BUDGET, 'best_metric': ...}  # optional: overrides every point shares
 
   def sweep(add):
     add(config='configs/unet.py', overrides={'model.filters': (8, 16, 32)}, seeds=(0, 1, 2))
@@ -21,6 +22,7 @@ import hashlib
 import importlib.util
 import pathlib
 import re
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +31,22 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Anything else is replaced in names: these are safe on every common filesystem and in shells.
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+@-]")
 MAX_COMPONENT_LEN = 120
+
+# The budget the shipped grids share, so their results compare across grids: the same data,
+# image size, batch and steps. Learning rates and schedules stay each config's own (part of
+# what makes the architecture). Read-only: grid files share it.
+STANDARD_BUDGET = types.MappingProxyType(
+  {
+    "data.source": "tfds:lfw",
+    "data.image_size": 256,
+    "batch_size": 16,
+    "num_train_steps": 20_000,
+    "eval_every_steps": 1000,
+    "checkpoint_every_steps": 1000,
+    # Early stopping would give the points different numbers of steps.
+    "early_stopping_patience": 0,
+  }
+)
 
 
 class GridError(ValueError):

@@ -2,11 +2,14 @@
 
 Every block takes `dtype` (compute) separately from `param_dtype` (storage, float32), and
 BatchNorm takes `axis_name` so its statistics can be averaged across devices by the trainer.
+`ConvNet` holds the fields and the input checks every architecture shares; `Blocks` builds
+the blocks with one architecture's settings.
 """
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -186,3 +189,111 @@ class SigmoidHead(nn.Module):
 
 def max_pool2(x: jax.Array) -> jax.Array:
   return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+  """One architecture's conv settings, and the blocks built with them.
+
+  The blocks are created where these methods are called, so inside a model's compact
+  `__call__` they get that model's automatic names (ConvNormAct_0, Upsample_0, Norm_0, ...)
+  in call order, exactly as if the model had created them itself.
+  """
+
+  norm: str
+  activation: str
+  upsample: str
+  dtype: Any = "float32"
+  param_dtype: Any = "float32"
+  axis_name: str | None = None
+
+  def conv(self, features: int, kernel: int = 3, *, strides: int = 1, act: bool = True):
+    """A `ConvNormAct`; `act=False` leaves out the activation (e.g. before a residual add)."""
+    return ConvNormAct(
+      features,
+      kernel,
+      strides=strides,
+      norm=self.norm,
+      activation=self.activation if act else None,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      axis_name=self.axis_name,
+    )
+
+  def up(
+    self, x: jax.Array, features: int, kernel: int, train: bool, *, act: bool = True
+  ) -> jax.Array:
+    """Upsample -> norm (-> activation): the start of a decoder level."""
+    x = Upsample(
+      features,
+      kernel,
+      method=self.upsample,
+      use_bias=self.norm == "none",  # The norm's shift makes a bias redundant.
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )(x)
+    x = Norm(self.norm, dtype=self.dtype, param_dtype=self.param_dtype, axis_name=self.axis_name)(
+      x, train
+    )
+    return activation_fn(self.activation)(x) if act else x
+
+  def head(self, x: jax.Array, out_channels: int) -> jax.Array:
+    return SigmoidHead(out_channels, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+
+
+class Prepared(NamedTuple):
+  """What `ConvNet._prepare` gives an architecture's `__call__`."""
+
+  x: jax.Array  # The input, cast to the compute dtype.
+  filters: tuple[int, ...]
+  kernels: tuple[int, ...]  # One per level.
+  out_channels: int
+  blocks: Blocks
+
+
+class ConvNet(nn.Module):
+  """The fields every architecture shares, and the checks every `__call__` starts with.
+
+  Subclasses add their own fields after these and may redeclare one to change its default
+  (e.g. UNet's `norm = 'none'`); the defaults here are the small U-Net family's.
+
+  Attributes:
+    filters: channels per level (the number of levels is its length).
+    kernels: kernel size per level, or one int for all.
+    norm: 'none', 'batch' or 'group' (NORMS).
+    activation: a name in ACTIVATIONS.
+    upsample: 'transpose' or 'resize_conv' (UPSAMPLES).
+    out_channels: None = as many as the input.
+    dtype: compute dtype; param_dtype: storage dtype of the parameters.
+    axis_name: the device axis BatchNorm averages its statistics over (set by the trainer).
+  """
+
+  filters: Sequence[int] = (16, 32, 64, 128, 256)
+  kernels: int | Sequence[int] = 3
+  norm: str = "batch"
+  activation: str = "relu"
+  upsample: str = "resize_conv"
+  out_channels: int | None = None
+  dtype: Any = "float32"
+  param_dtype: Any = "float32"
+  axis_name: str | None = None
+
+  def options(self) -> dict[str, str]:
+    """The norm / activation / upsample the blocks use (a subclass may resolve them)."""
+    return dict(norm=self.norm, activation=self.activation, upsample=self.upsample)
+
+  def _prepare(self, x: jax.Array, name: str) -> Prepared:
+    """Checks the options and the input size (errors name the model) and casts the input."""
+    opts = self.options()
+    check_choice("norm", opts["norm"], NORMS)
+    check_choice("activation", opts["activation"], ACTIVATIONS)
+    check_choice("upsample", opts["upsample"], UPSAMPLES)
+    filters = tuple(int(f) for f in self.filters)
+    kernels = level_kernels(filters, self.kernels)
+    check_spatial(x, len(filters), name)
+    blocks = Blocks(
+      **opts, dtype=self.dtype, param_dtype=self.param_dtype, axis_name=self.axis_name
+    )
+    return Prepared(
+      x.astype(as_dtype(self.dtype)), filters, kernels, self.out_channels or x.shape[-1], blocks
+    )

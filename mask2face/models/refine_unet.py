@@ -10,12 +10,13 @@ a learned composite. Both stages train end to end; `aux['coarse']` is stage 1's 
 loss can supervise it too (config.loss.coarse_weight, deep supervision).
 
 `filters`, `kernels`, `norm`, `activation`, `upsample` apply to both stages unless
-`coarse_kwargs` / `refine_kwargs` override them (per-stage keyword arguments of that model).
+`coarse_kwargs` / `refine_kwargs` override them (per-stage keyword arguments of that model);
+`out_channels` is the refiner's (the coarse stage outputs as many channels as the input).
 Stage 1's own aux (e.g. a VAE's mean/logvar) is passed through; stage 2's gets a `refine_`
 prefix.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -25,21 +26,16 @@ import jax.numpy as jnp
 from mask2face.models import layers
 
 
-class RefineUNet(nn.Module):
-  """Two-stage model; `apply(...) -> (refined, {'coarse': coarse, ...})`."""
+class RefineUNet(layers.ConvNet):
+  """Two-stage model; `apply(...) -> (refined, {'coarse': coarse, ...})`.
+
+  Fields as `layers.ConvNet` (shared by both stages), plus each stage's model and overrides.
+  """
 
   coarse_model: str = "unet"
   refine_model: str = "unet"
-  filters: Sequence[int] = (16, 32, 64, 128, 256)
-  kernels: int | Sequence[int] = 3
-  norm: str = "batch"
-  activation: str = "relu"
-  upsample: str = "resize_conv"
   coarse_kwargs: Mapping[str, Any] | None = None
   refine_kwargs: Mapping[str, Any] | None = None
-  dtype: Any = "float32"
-  param_dtype: Any = "float32"
-  axis_name: str | None = None
 
   def _stage(self, model_name: str, overrides: Mapping[str, Any] | None, name: str) -> nn.Module:
     from mask2face.models import MODELS, get_model  # The registry imports this module.
@@ -47,16 +43,11 @@ class RefineUNet(nn.Module):
     if model_name == "refine_unet" or model_name not in MODELS:
       valid = sorted(n for n in MODELS if n != "refine_unet")
       raise ValueError(f"refine_unet: stage model {model_name!r} invalid; valid: {valid}")
-    kwargs = dict(
-      filters=tuple(self.filters),
-      kernels=self.kernels,
-      norm=self.norm,
-      activation=self.activation,
-      upsample=self.upsample,
-    )
-    if model_name == "resnet_unet":
-      # The upstream variant fixes norm/activation/upsample: let it choose unless overridden.
-      kwargs = dict(filters=kwargs["filters"], kernels=kwargs["kernels"])
+    kwargs = dict(filters=tuple(self.filters), kernels=self.kernels)
+    # The upstream variant fixes norm/activation/upsample: let resnet_unet choose unless
+    # overridden.
+    if model_name != "resnet_unet":
+      kwargs.update(self.options())
     kwargs.update(dict(overrides or {}))
     return get_model(
       model_name,
@@ -71,9 +62,9 @@ class RefineUNet(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict]:
     coarse, coarse_aux = self._stage(self.coarse_model, self.coarse_kwargs, "coarse")(x, train)
     stage2_in = jnp.concatenate([x.astype(jnp.float32), coarse], -1)
-    refine = self._stage(
-      self.refine_model, {"out_channels": x.shape[-1], **dict(self.refine_kwargs or {})}, "refine"
-    )
+    out_channels = self.out_channels or x.shape[-1]
+    refine_kwargs = {"out_channels": out_channels, **dict(self.refine_kwargs or {})}
+    refine = self._stage(self.refine_model, refine_kwargs, "refine")
     pred, refine_aux = refine(stage2_in.astype(layers.as_dtype(self.dtype)), train)
     aux = dict(coarse_aux)
     aux.update({f"refine_{k}": v for k, v in refine_aux.items()})

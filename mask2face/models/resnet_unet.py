@@ -23,7 +23,6 @@ tests/test_models.py (53,586,243 for filters (64, 128, 128, 256, 256, 512), kern
 """
 
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -37,32 +36,25 @@ _UPSTREAM = dict(norm="none", activation="relu", upsample="transpose")
 _IMPROVED = dict(norm="batch", activation="relu", upsample="resize_conv")
 
 
-class ResNetUNet(nn.Module):
+class ResNetUNet(layers.ConvNet):
   """ResNet U-Net; `apply(variables, masked, train=...) -> (pred, {})`.
 
-  Attributes:
-    filters: channels per level (the number of levels is its length).
-    kernels: kernel size per level, or one int for all.
+  Fields as `layers.ConvNet` with upstream's filters and kernels by default, plus:
     variant: 'upstream' (exact port) or 'improved' (see the module docstring).
-    norm, activation, upsample: None = the variant's choice.
-    out_channels: None = as many as the input.
+    norm, activation, upsample: None (the default) = the variant's choice.
   """
 
   filters: Sequence[int] = (64, 128, 128, 256, 256, 512)
   kernels: int | Sequence[int] = (7, 7, 7, 3, 3, 3)
-  variant: str = "improved"
   norm: str | None = None
   activation: str | None = None
   upsample: str | None = None
-  out_channels: int | None = None
-  dtype: Any = "float32"
-  param_dtype: Any = "float32"
-  axis_name: str | None = None
+  variant: str = "improved"
 
   def options(self) -> dict[str, str]:
     """The resolved norm / activation / upsample for this variant."""
     layers.check_choice("variant", self.variant, VARIANTS)
-    chosen = dict(norm=self.norm, activation=self.activation, upsample=self.upsample)
+    chosen = super().options()
     base = _UPSTREAM if self.variant == "upstream" else _IMPROVED
     if self.variant == "upstream":
       clash = {k: v for k, v in chosen.items() if v is not None and v != base[k]}
@@ -72,36 +64,20 @@ class ResNetUNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict]:
-    opts = self.options()
-    filters = tuple(int(f) for f in self.filters)
-    kernels = layers.level_kernels(filters, self.kernels)
-    layers.check_spatial(x, len(filters), "resnet_unet")
-    layers.check_choice("norm", opts["norm"], layers.NORMS)
-    layers.check_choice("upsample", opts["upsample"], layers.UPSAMPLES)
-    act = layers.activation_fn(opts["activation"])
-    common = dict(
-      norm=opts["norm"],
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      axis_name=self.axis_name,
-    )
-
-    def conv(f, k, strides=1, activation=None):
-      return layers.ConvNormAct(f, k, strides=strides, activation=activation, **common)
-
-    out_channels = self.out_channels or x.shape[-1]
-    x = x.astype(layers.as_dtype(self.dtype))
-    stem = conv(filters[0], kernels[0])(x, train)
+    x, filters, kernels, out_channels, b = self._prepare(x, "resnet_unet")
+    act = layers.activation_fn(b.activation)
+    # Unlike the U-Nets, most convs here have no activation of their own (residual adds).
+    stem = b.conv(filters[0], kernels[0], act=False)(x, train)
 
     h, skips = stem, []
     for f, k in zip(filters, kernels):
-      s = conv(f, k, strides=2)(h, train)
-      y = conv(f, k, activation=opts["activation"])(s, train)
-      y = conv(f, k)(y, train)
+      s = b.conv(f, k, strides=2, act=False)(h, train)
+      y = b.conv(f, k)(s, train)
+      y = b.conv(f, k, act=False)(y, train)
       h = act(y + s)
       skips.append(s)
 
-    h = conv(filters[-1], kernels[-1], activation=opts["activation"])(h, train)
+    h = b.conv(filters[-1], kernels[-1])(h, train)
 
     levels = list(range(len(filters)))[::-1]
     for n, level in enumerate(levels):
@@ -109,24 +85,13 @@ class ResNetUNet(nn.Module):
       nxt = levels[n + 1] if n + 1 < len(levels) else level
       f_next, k = filters[nxt], kernels[nxt]
       s = skips[level]
-      y = conv(f, k, activation=opts["activation"])(jnp.concatenate([h, s], -1), train)
-      y = conv(f, k)(y, train)
+      y = b.conv(f, k)(jnp.concatenate([h, s], -1), train)
+      y = b.conv(f, k, act=False)(y, train)
       y = act(y + h)  # Residual over the incoming tensor, not the concatenation (upstream).
       y = jnp.concatenate([y, s], -1)
-      y = layers.Upsample(
-        f_next,
-        k,
-        method=opts["upsample"],
-        use_bias=opts["norm"] == "none",
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-      )(y)
-      y = layers.Norm(
-        opts["norm"], dtype=self.dtype, param_dtype=self.param_dtype, axis_name=self.axis_name
-      )(y, train)
-      h = conv(f_next, k, activation=opts["activation"])(y, train)
+      y = b.up(y, f_next, k, train, act=False)
+      h = b.conv(f_next, k)(y, train)
 
     h = jnp.concatenate([h, stem], -1)
-    h = conv(filters[0], kernels[0], activation=opts["activation"])(h, train)
-    pred = layers.SigmoidHead(out_channels, dtype=self.dtype, param_dtype=self.param_dtype)(h)
-    return pred, {}
+    h = b.conv(filters[0], kernels[0])(h, train)
+    return b.head(h, out_channels), {}

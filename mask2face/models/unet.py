@@ -11,9 +11,6 @@ Upstream upsampled with Keras' `UpSampling2D` (nearest) followed by that conv, w
 transposed conv. Upstream had no normalization (`norm='none'`, the default).
 """
 
-from collections.abc import Sequence
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -21,59 +18,30 @@ import jax.numpy as jnp
 from mask2face.models import layers
 
 
-class UNet(nn.Module):
-  """Upstream's plain U-Net; `apply(variables, masked, train=...) -> (pred, {})`."""
+class UNet(layers.ConvNet):
+  """Upstream's plain U-Net; `apply(variables, masked, train=...) -> (pred, {})`.
 
-  filters: Sequence[int] = (16, 32, 64, 128, 256)
-  kernels: int | Sequence[int] = 3
+  Fields as `layers.ConvNet`, but without normalization by default (as upstream).
+  """
+
   norm: str = "none"
-  activation: str = "relu"
-  upsample: str = "resize_conv"
-  out_channels: int | None = None
-  dtype: Any = "float32"
-  param_dtype: Any = "float32"
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict]:
-    filters = tuple(int(f) for f in self.filters)
-    kernels = layers.level_kernels(filters, self.kernels)
-    layers.check_spatial(x, len(filters), "unet")
-    layers.check_choice("upsample", self.upsample, layers.UPSAMPLES)
-    common = dict(
-      norm=self.norm,
-      activation=self.activation,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      axis_name=self.axis_name,
-    )
-    out_channels = self.out_channels or x.shape[-1]
-    h = x.astype(layers.as_dtype(self.dtype))
+    h, filters, kernels, out_channels, b = self._prepare(x, "unet")
 
     skips = []
     for f, k in zip(filters, kernels):
-      h = layers.ConvNormAct(f, k, **common)(h, train)
+      h = b.conv(f, k)(h, train)
       skips.append(h)
       h = layers.max_pool2(h)
 
-    h = layers.ConvNormAct(filters[-1], kernels[-1], **common)(h, train)
+    h = b.conv(filters[-1], kernels[-1])(h, train)
 
     for f, k, skip in zip(filters[::-1], kernels[::-1], skips[::-1]):
-      h = layers.Upsample(
-        f,
-        k,
-        method=self.upsample,
-        use_bias=self.norm == "none",
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-      )(h)
-      h = layers.Norm(
-        self.norm, dtype=self.dtype, param_dtype=self.param_dtype, axis_name=self.axis_name
-      )(h, train)
-      h = layers.activation_fn(self.activation)(h)
+      h = b.up(h, f, k, train)
       h = jnp.concatenate([h, skip], -1)
-      h = layers.ConvNormAct(f, k, **common)(h, train)
+      h = b.conv(f, k)(h, train)
 
-    h = layers.ConvNormAct(max(filters[0] // 2, 1), 3, **common)(h, train)
-    pred = layers.SigmoidHead(out_channels, dtype=self.dtype, param_dtype=self.param_dtype)(h)
-    return pred, {}
+    h = b.conv(max(filters[0] // 2, 1), 3)(h, train)
+    return b.head(h, out_channels), {}

@@ -12,9 +12,6 @@ latent; `dropped_skips=len(filters)` is a plain conditional VAE decoder. `aux` h
 `logvar` for the KL term (config.loss.kl_weight).
 """
 
-from collections.abc import Sequence
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -25,50 +22,30 @@ from mask2face.models import layers
 LOGVAR_RANGE = (-20.0, 10.0)
 
 
-class VAEUNet(nn.Module):
+class VAEUNet(layers.ConvNet):
   """U-Net with a sampled bottleneck; `apply(..., train=True, rngs={'latent': key})`.
 
-  Returns `(pred, {'mean': [B, h, w, C], 'logvar': [B, h, w, C]})` (float32).
+  Returns `(pred, {'mean': [B, h, w, C], 'logvar': [B, h, w, C]})` (float32). Fields as
+  `layers.ConvNet` (norm='batch'), plus the latent's width and the number of dropped skips.
   """
 
-  filters: Sequence[int] = (16, 32, 64, 128, 256)
-  kernels: int | Sequence[int] = 3
   latent_channels: int = 64
   dropped_skips: int = 2
-  norm: str = "batch"
-  activation: str = "relu"
-  upsample: str = "resize_conv"
-  out_channels: int | None = None
-  dtype: Any = "float32"
-  param_dtype: Any = "float32"
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict]:
-    filters = tuple(int(f) for f in self.filters)
-    kernels = layers.level_kernels(filters, self.kernels)
-    layers.check_spatial(x, len(filters), "vae_unet")
-    layers.check_choice("upsample", self.upsample, layers.UPSAMPLES)
+    h, filters, kernels, out_channels, b = self._prepare(x, "vae_unet")
     if not 0 <= self.dropped_skips <= len(filters):
       raise ValueError(f"vae_unet: dropped_skips={self.dropped_skips} not in [0, {len(filters)}]")
-    common = dict(
-      norm=self.norm,
-      activation=self.activation,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      axis_name=self.axis_name,
-    )
-    out_channels = self.out_channels or x.shape[-1]
-    h = x.astype(layers.as_dtype(self.dtype))
 
     skips = []
     for f, k in zip(filters, kernels):
-      h = layers.ConvNormAct(f, k, **common)(h, train)
-      h = layers.ConvNormAct(f, k, **common)(h, train)
+      h = b.conv(f, k)(h, train)
+      h = b.conv(f, k)(h, train)
       skips.append(h)
       h = layers.max_pool2(h)
 
-    h = layers.ConvNormAct(filters[-1], kernels[-1], **common)(h, train)
+    h = b.conv(filters[-1], kernels[-1])(h, train)
     # The posterior is computed in float32: exp(logvar) and the KL are sensitive to rounding.
     dense = dict(dtype=jnp.float32, param_dtype=layers.as_dtype(self.param_dtype))
     mean = nn.Conv(self.latent_channels, (1, 1), name="mean", **dense)(h)
@@ -80,28 +57,14 @@ class VAEUNet(nn.Module):
       z = mean + jnp.exp(0.5 * logvar) * eps
     else:
       z = mean
-    h = layers.ConvNormAct(filters[-1], kernels[-1], **common)(
-      z.astype(layers.as_dtype(self.dtype)), train
-    )
+    h = b.conv(filters[-1], kernels[-1])(z.astype(layers.as_dtype(self.dtype)), train)
 
     for level in reversed(range(len(filters))):
       f, k = filters[level], kernels[level]
-      h = layers.Upsample(
-        f,
-        k,
-        method=self.upsample,
-        use_bias=self.norm == "none",
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-      )(h)
-      h = layers.Norm(
-        self.norm, dtype=self.dtype, param_dtype=self.param_dtype, axis_name=self.axis_name
-      )(h, train)
-      h = layers.activation_fn(self.activation)(h)
+      h = b.up(h, f, k, train)
       if level >= self.dropped_skips:  # Levels 0 .. dropped_skips - 1 (the top) lose their skip.
         h = jnp.concatenate([h, skips[level]], -1)
-      h = layers.ConvNormAct(f, k, **common)(h, train)
+      h = b.conv(f, k)(h, train)
 
-    h = layers.ConvNormAct(max(filters[0] // 2, 1), 3, **common)(h, train)
-    pred = layers.SigmoidHead(out_channels, dtype=self.dtype, param_dtype=self.param_dtype)(h)
-    return pred, {"mean": mean, "logvar": logvar}
+    h = b.conv(max(filters[0] // 2, 1), 3)(h, train)
+    return b.head(h, out_channels), {"mean": mean, "logvar": logvar}
