@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from model_init import RNGS, numpy_init
 
 from mask2face.models import MODELS, get_model, layers, model_from_config
 
@@ -46,25 +47,6 @@ CASES.update(
 )
 # XLA:CPU takes seconds to compile each threefry draw (a tiny model's jitted init: ~30 s), so
 # tests use the 'rbg' generator for the latent stream and initialise parameters in numpy.
-RNGS = {
-  name: jax.random.key(i, impl="rbg") for i, name in enumerate(("params", "latent", "dropout"))
-}
-
-
-def numpy_init(model, x, seed=0):
-  """Variables with Flax's default scales (lecun-normal kernels, zero biases, unit norms)."""
-  shapes = jax.eval_shape(functools.partial(model.init, train=False), RNGS, x)
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path[-1:])
-    if "kernel" in name:
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      return jnp.asarray(rng.normal(0, fan_in**-0.5, leaf.shape), leaf.dtype)
-    ones = "scale" in name or "var" in name
-    return jnp.ones(leaf.shape, leaf.dtype) if ones else jnp.zeros(leaf.shape, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def _batch(seed=0, batch=2, size=SIZE):

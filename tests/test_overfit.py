@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from model_init import numpy_init
 
 from mask2face.models import MODELS, get_model
 
@@ -28,24 +29,6 @@ TINY = {
   "refine_unet": dict(filters=(8, 16), kernels=3),
   "vae_unet": dict(filters=(8, 16), kernels=3, latent_channels=8, dropped_skips=1),
 }
-
-
-def numpy_init(model, x, seed=0):
-  """Flax's default scales (lecun-normal kernels, zero biases, unit norms), drawn in numpy:
-  XLA:CPU takes tens of seconds to compile a jitted threefry init, longer than the training."""
-  keys = {name: jax.random.key(0, impl="rbg") for name in ("params", "latent", "dropout")}
-  shapes = jax.eval_shape(functools.partial(model.init, train=False), keys, x)
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path[-1:])
-    if "kernel" in name:
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      return jnp.asarray(rng.normal(0, fan_in**-0.5, leaf.shape), leaf.dtype)
-    ones = "scale" in name or "var" in name
-    return jnp.ones(leaf.shape, leaf.dtype) if ones else jnp.zeros(leaf.shape, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 @pytest.fixture(scope="module")
