@@ -45,8 +45,6 @@ CASES.update(
     ),
   }
 )
-# XLA:CPU takes seconds to compile each threefry draw (a tiny model's jitted init: ~30 s), so
-# tests use the 'rbg' generator for the latent stream and initialise parameters in numpy.
 
 
 def _batch(seed=0, batch=2, size=SIZE):
