@@ -6,7 +6,10 @@ command line, e.g. `--config.batch_size=32 --config.data.source=../shared/data/l
 Rerunning the same command resumes from the last checkpoint in the workdir.
 """
 
-from absl import app, flags
+import logging as std_logging
+import os
+
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mask2face import train
@@ -23,9 +26,32 @@ config_flags.DEFINE_config_file(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class DropOrbaxInfo(std_logging.Filter):
+  """Drops orbax's INFO (and DEBUG) records, keeping its warnings and errors.
+
+  Orbax logs several INFO lines per checkpoint ("Closing _NonBlockingMetadataStore ...") that
+  bury the progress lines. It logs through absl, so every record carries the absl logger's
+  name: the file that logged it (`pathname`) is what tells orbax apart.
+  """
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if record.levelno >= std_logging.WARNING:
+      return True
+    from_orbax = f"{os.sep}orbax{os.sep}" in record.pathname or record.name.startswith("orbax")
+    return not from_orbax
+
+
+def quiet_orbax() -> None:
+  """Installs `DropOrbaxInfo` on absl's logger and its handler (once)."""
+  for target in (logging.get_absl_logger(), logging.get_absl_handler()):
+    if not any(isinstance(f, DropOrbaxInfo) for f in target.filters):
+      target.addFilter(DropOrbaxInfo())
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
+  quiet_orbax()
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   print(f"Done: results in {FLAGS.workdir}/results.json")
 

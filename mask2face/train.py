@@ -253,12 +253,17 @@ def evaluate(
   identity_scorer=None,
   num_images: int = 0,
 ) -> tuple[dict[str, float], dict[str, float], np.ndarray | None]:
-  """One pass over `batches`: (model metrics, masked-input baseline metrics, image grid)."""
+  """One pass over `batches`: (model metrics, masked-input baseline metrics, image grid).
+
+  The grid shows the first `num_images` valid examples (padding left out), None without any.
+  """
   from mask2face import metrics
 
   model_acc = metrics.MetricAccumulator()
   baseline_acc = metrics.MetricAccumulator()
-  grid = None
+  # (masked, pred, target) of the first `num_images` valid examples: padding (valid == 0) is
+  # all zeros and would show as black rows when a split is smaller than the grid.
+  grid_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
   baseline_fn = jax.jit(metrics.baseline_metrics)
   for batch in batches:
     per_example, pred = eval_step_fn(state, parallel.shard_batch(batch, mesh))
@@ -268,10 +273,16 @@ def evaluate(
       per_example.update(identity_scorer.score_batch(pred, batch["clean"], valid))
     model_acc.add(per_example, valid=valid, family=family)
     baseline_acc.add(jax.device_get(baseline_fn(batch)), valid=valid, family=family)
-    if grid is None and num_images > 0:
-      grid = image_grid(batch["masked"], pred, batch["clean"], num_images)
+    # Multi-host: `pred` and `valid` are gathered from every host, this host's rows first.
+    local_valid = np.asarray(valid)[: len(batch["masked"])]
+    for i in np.flatnonzero(local_valid > 0)[: max(num_images - len(grid_rows), 0)]:
+      grid_rows.append((batch["masked"][i], pred[i], batch["clean"][i]))
   if model_acc.count == 0:
     raise ValueError("evaluation saw no valid examples: is the split empty?")
+  grid = None
+  if grid_rows:
+    masked, pred, target = (np.stack(x) for x in zip(*grid_rows))
+    grid = image_grid(masked, pred, target, num_images)
   return model_acc.result(family_names), baseline_acc.result(family_names), grid
 
 

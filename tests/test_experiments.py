@@ -63,14 +63,9 @@ def test_shipped_grid_loads_with_unique_safe_names_and_valid_keys(path, runlocal
 def test_architectures_grid_has_one_equal_budget():
   points = grid_lib.load_grid(REPO_ROOT / "experiments" / "architectures.py")
   configs = {pathlib.Path(p.config).stem for p in points}
-  assert configs == {
-    "encoder_decoder",
-    "unet",
-    "resnet_unet",
-    "refine_unet",
-    "vae_unet",
-    "upstream_resnet_unet",
-  }
+  # Every shipped config, so a new architecture's config joins the comparison.
+  assert configs == {p.stem for p in (REPO_ROOT / "configs").glob("*.py")} - {"common"}
+  assert {"encoder_decoder", "unet", "resnet_unet", "upstream_resnet_unet"} <= configs
   budgets = {p.shared for p in points}
   assert len(budgets) == 1
   budget = dict(budgets.pop())
@@ -90,6 +85,37 @@ def test_losses_and_upsampling_grids_cover_their_choices():
   assert {p.config for p in losses} == {"configs/resnet_unet.py"}
   ups = grid_lib.load_grid(REPO_ROOT / "experiments" / "upsampling.py")
   assert {dict(p.overrides)["model.upsample"] for p in ups} == {"transpose", "resize_conv"}
+
+
+def test_upsampling_grid_covers_every_architecture_with_the_option():
+  points = grid_lib.load_grid(REPO_ROOT / "experiments" / "upsampling.py")
+  with_option = set()
+  for config in sorted((REPO_ROOT / "configs").glob("*.py")):
+    module = grid_lib.load_module(config)
+    if config.stem != "common" and "upsample" in module.get_config().model:
+      with_option.add(config.stem)
+  assert {"unet", "encoder_decoder", "refine_unet", "vae_unet", "resnet_unet"} <= with_option
+  by_config = {}
+  for p in points:
+    by_config.setdefault(pathlib.Path(p.config).stem, set()).add(
+      dict(p.overrides)["model.upsample"]
+    )
+  assert by_config == {name: {"transpose", "resize_conv"} for name in with_option}
+  # The grid's original points keep their workdir names (finished runs are not redone).
+  names = {p.name for p in points}
+  for upsample in ("transpose", "resize_conv"):
+    for seed in (0, 1, 2):
+      assert f"resnet_unet/model.upsample={upsample}/seed={seed}" in names
+
+
+def test_shipped_grids_build_on_the_standard_budget():
+  for path in GRIDS:
+    budget = grid_lib.load_module(path).BUDGET
+    assert dict(budget).items() >= grid_lib.STANDARD_BUDGET.items(), path.name
+  losses = grid_lib.load_module(REPO_ROOT / "experiments" / "losses.py").BUDGET
+  assert losses["best_metric"] == "eval_masked_psnr"
+  with pytest.raises(TypeError):
+    grid_lib.STANDARD_BUDGET["batch_size"] = 1  # Shared by every grid: read-only.
 
 
 def test_depth_width_has_upstream_settings_and_scales_under_runlocal():
@@ -456,3 +482,68 @@ def test_report_curves_images_and_cli(results_root, tmp_path):
   assert report.BASELINE in out.stdout and (root / "summary.csv").exists()
   with pytest.raises(FileNotFoundError, match="no such results folder"):
     report.load_runs(tmp_path / "nowhere")
+
+
+CACHE_CHECKING_TRAINER = """
+import json, pathlib, sys
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+workdir = pathlib.Path(args["workdir"])
+workdir.mkdir(parents=True, exist_ok=True)
+cache = pathlib.Path(args["config.data.landmarks_cache"])
+(workdir / "results.json").write_text(json.dumps({"cache_at_start": cache.exists()}))
+"""
+
+
+def test_runner_prepares_each_data_source_once_before_the_points(
+  shared_data, tmp_path, monkeypatch
+):
+  from mask2face.data import pipeline
+
+  faces = tmp_path / "faces"
+  people = [p for p in sorted((shared_data / "lfw_gray").iterdir()) if p.is_dir()][:6]
+  for person in people:
+    (faces / person.name).mkdir(parents=True)
+    for photo in sorted(person.glob("*.jpg"))[:2]:
+      (faces / person.name / photo.name).symlink_to(photo)
+  trainer = tmp_path / "cache_checking_main.py"
+  trainer.write_text(CACHE_CHECKING_TRAINER)
+  grid_file = write_grid(
+    tmp_path,
+    """
+    def sweep(add):
+      add(config="configs/unet.py", seeds=(0, 1))
+      add(config="configs/unet.py", overrides={"data.max_examples": 4})
+    """,
+  )
+  calls = []
+  real_prepare = pipeline.prepare_data
+  monkeypatch.setattr(
+    pipeline, "prepare_data", lambda *a, **k: calls.append(a[0].source) or real_prepare(*a, **k)
+  )
+  cache = tmp_path / "landmarks.json"
+  outcomes = run.run_points(
+    grid_lib.load_grid(grid_file, runlocal=True),
+    tmp_path / "root",
+    runlocal=True,
+    data=str(faces),
+    extra={"data.landmarks_cache": str(cache)},
+    parallel=2,
+    devices="gpu:0,1",
+    trainer=(sys.executable, str(trainer)),
+    prepare=True,
+  )
+  assert [o.status for o in outcomes] == ["done"] * 3, run.summarize(outcomes)
+  assert calls == [str(faces)]  # Three points, one source: prepared once.
+  assert cache.exists()
+  for outcome in outcomes:  # Every point found the cache ready when it started.
+    assert json.loads((outcome.workdir / "results.json").read_text()) == {"cache_at_start": True}
+  # By default only mask2face's own trainer gets prepared data (a custom one may not read it).
+  run.run_points(
+    grid_lib.load_grid(grid_file, runlocal=True)[:1],
+    tmp_path / "root2",
+    runlocal=True,
+    data=str(faces),
+    extra={"data.landmarks_cache": str(tmp_path / "other.json")},
+    trainer=(sys.executable, str(trainer)),
+  )
+  assert calls == [str(faces)]

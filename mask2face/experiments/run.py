@@ -12,9 +12,12 @@ A point whose workdir holds `results.json` is complete and skipped; any other is
 with the same command, which resumes from its last checkpoint (mask2face.main does that).
 Every point gets `point.json` (config, overrides, seed, command) and `run.log` (the trainer's
 output) in its workdir; the trainer itself writes `config.json` with the commit. A failed
-point is reported and the runner moves on; a summary comes at the end.
+point is reported and the runner moves on; a summary comes at the end. Before any point
+starts, the runner prepares each distinct data source once (its landmark cache), so points
+started together do not all compute the same cache.
 """
 
+import ast
 import collections
 import concurrent.futures
 import dataclasses
@@ -195,6 +198,102 @@ def device_groups(parallel: int, devices: str = "") -> list[dict[str, str]]:
   return envs
 
 
+# --- Data, once for every point. ---------------------------------------------------------------
+
+# The `config.data` fields that decide a source's landmark cache (the expensive shared part).
+DATA_SOURCE_FIELDS = (
+  "source",
+  "identity_pattern",
+  "tfds_data_dir",
+  "manual_dir",
+  "landmarks_cache",
+)
+
+
+def _parse_flag(text: str, like: Any) -> Any:
+  """`text` as ml_collections' config flags would parse it for a field holding `like`."""
+  if isinstance(like, str):
+    return text
+  try:
+    return ast.literal_eval(text)
+  except (SyntaxError, ValueError):
+    return text
+
+
+def point_data_config(
+  point: grid_lib.Point,
+  *,
+  runlocal: bool = False,
+  data: str | None = None,
+  extra: Mapping[str, str] | None = None,
+):
+  """The `config.data` section the point's trainer will see: config, runlocal, overrides."""
+  arg = ",".join(a for a in ("runlocal" if runlocal else "", point.arg) if a)
+  module = grid_lib.load_module(grid_lib.resolve_config(point.config))
+  data_config = module.get_config(arg or None).data
+  for key, text in point_overrides(point, data=data, extra=extra).items():
+    field = key.removeprefix("data.")
+    if key.startswith("data.") and field in data_config:
+      data_config[field] = _parse_flag(text, data_config[field])
+  return data_config
+
+
+def prepare_sources(
+  points: Sequence[grid_lib.Point],
+  *,
+  runlocal: bool = False,
+  data: str | None = None,
+  extra: Mapping[str, str] | None = None,
+) -> int:
+  """Prepares each distinct data source of `points` once, in this process.
+
+  Every trainer starts with `pipeline.prepare_data`, which computes the source's landmark cache
+  when it is missing; N points started at once would all compute the same cache. Done here
+  first, the trainers only load it. A source that cannot be prepared is logged and left to the
+  points, which report their own error.
+
+  Returns:
+    How many distinct sources were prepared.
+  """
+  from mask2face.data import pipeline
+
+  seen, prepared = set(), 0
+  for point in points:
+    try:
+      data_config = point_data_config(point, runlocal=runlocal, data=data, extra=extra)
+    except Exception as e:  # A broken config fails in its own point, with its own message.
+      logging.warning("%s: cannot read its data config (%s: %s)", point.name, type(e).__name__, e)
+      continue
+    key = tuple(str(data_config.get(f, "")) for f in DATA_SOURCE_FIELDS)
+    if key in seen:
+      continue
+    seen.add(key)
+    logging.info(
+      "Preparing the data of %s once for every point (landmarks: %s)",
+      data_config.source,
+      data_config.landmarks_cache or "default cache",
+    )
+    start = time.time()
+    try:
+      found = pipeline.prepare_data(data_config)
+    except Exception as e:  # Each point retries and reports it; the grid goes on.
+      logging.warning(
+        "Could not prepare %s (%s: %s); each point will try on its own.",
+        data_config.source,
+        type(e).__name__,
+        e,
+      )
+      continue
+    prepared += 1
+    logging.info(
+      "Data ready in %.0f s: %d faces, landmarks in %s",
+      time.time() - start,
+      len(found.landmarks),
+      found.landmarks_path or "the cache",
+    )
+  return prepared
+
+
 # --- Running. ----------------------------------------------------------------------------------
 
 
@@ -324,8 +423,13 @@ def run_points(
   devices: str = "",
   trainer: Sequence[str] = TRAINER,
   grid_file: str = "",
+  prepare: bool | None = None,
 ) -> list[Outcome]:
   """Runs every incomplete point under `root`, `parallel` at a time on disjoint devices.
+
+  Args:
+    prepare: prepare each distinct data source (landmark cache) here before starting points
+      (`prepare_sources`); None = only for mask2face's own trainer, whose first step it is.
 
   Returns:
     One Outcome per point, in grid order. Failures do not stop the other points.
@@ -347,6 +451,10 @@ def run_points(
     len(todo),
     parallel,
   )
+  if prepare is None:
+    prepare = tuple(trainer) == TRAINER
+  if prepare and todo:
+    prepare_sources([points[i] for i in todo], runlocal=runlocal, data=data, extra=extra)
   free_envs: queue.Queue = queue.Queue()
   for env in envs:
     free_envs.put(env)
