@@ -135,22 +135,49 @@ def _ear_loops(face: _Face, top_l, bot_l, top_r, bot_r) -> list[np.ndarray]:
   return loops
 
 
+def _looped_mask(f, geom, image, rng, *, sides, drops, apex, bulge, thick, loop_at):
+  """The soft masks' shared shape: a jaw-hugging lower edge, an arched top over the nose
+  bridge and two ear loops. Ranges are (low, high) uniform draws, in this order (the order
+  fixes which pixels a seed gives); lengths are fractions of the inter-ocular distance.
+
+  Returns (bottom edge, apex, outline, canvas or None when off-image, alpha).
+  """
+  iod = f.iod
+  s_l, s_r = rng.uniform(*sides, 2)
+  bottom = f.lower_jaw(s_l, 16 - s_r, rng.uniform(*drops[0]) * iod, rng.uniform(*drops[1]) * iod)
+  apex_point = f.bridge(rng.uniform(*apex))
+  arch = rng.uniform(*bulge) * iod
+  top = np.concatenate(
+    [_arc(bottom[-1], apex_point, arch, _UP), _arc(apex_point, bottom[0], arch, _UP)]
+  )
+  outline = np.concatenate([bottom, top[1:-1]])
+  width = max(2.5, thick * iod)
+  loops = _ear_loops(f, bottom[0], bottom[loop_at], bottom[-1], bottom[-1 - loop_at])
+  canvas = render.make_canvas(geom, image.shape, [outline, *loops], pad=width)
+  if canvas is None:
+    return bottom, apex_point, outline, None, None
+  alpha = np.maximum(canvas.fill([outline]), canvas.lines(loops, width))
+  return bottom, apex_point, outline, canvas, alpha
+
+
 def surgical(geom: FaceGeometry, image: np.ndarray, rng: np.random.Generator):
   """A pleated surgical mask with a nose wire and ear loops in one of the usual colours."""
   f = _Face(geom)
   iod = f.iod
-  s_l, s_r = rng.uniform(1.2, 2.2, 2)
-  bottom = f.lower_jaw(s_l, 16 - s_r, rng.uniform(0.06, 0.16) * iod, rng.uniform(0.05, 0.2) * iod)
-  apex = f.bridge(rng.uniform(0.05, 0.5))
-  bulge = rng.uniform(0.0, 0.12) * iod
-  top = np.concatenate([_arc(bottom[-1], apex, bulge, _UP), _arc(apex, bottom[0], bulge, _UP)])
-  outline = np.concatenate([bottom, top[1:-1]])
-  thick = max(2.5, 0.035 * iod)
-  loops = _ear_loops(f, bottom[0], bottom[7], bottom[-1], bottom[-8])
-  canvas = render.make_canvas(geom, image.shape, [outline, *loops], pad=thick)
+  bottom, apex, outline, canvas, alpha = _looped_mask(
+    f,
+    geom,
+    image,
+    rng,
+    sides=(1.2, 2.2),
+    drops=((0.06, 0.16), (0.05, 0.2)),
+    apex=(0.05, 0.5),
+    bulge=(0.0, 0.12),
+    thick=0.035,
+    loop_at=7,
+  )
   if canvas is None:
     return _finish(geom, f, image, None, None, None, rng)
-  alpha = np.maximum(canvas.fill([outline]), canvas.lines(loops, thick))
   palette = [(0.55, 0.74, 0.9), (0.93, 0.94, 0.95), (0.55, 0.82, 0.72), (0.95, 0.72, 0.8)]
   palette += [(0.13, 0.13, 0.14), (0.35, 0.5, 0.8)]
   base = _jitter(_pick(rng, palette), rng)
@@ -169,18 +196,20 @@ def cloth(geom: FaceGeometry, image: np.ndarray, rng: np.random.Generator):
   """A curved fabric mask: solid, striped, checked, dotted or textured, any colour."""
   f = _Face(geom)
   iod = f.iod
-  s_l, s_r = rng.uniform(1.3, 2.4, 2)
-  bottom = f.lower_jaw(s_l, 16 - s_r, rng.uniform(0.03, 0.12) * iod, rng.uniform(0.05, 0.25) * iod)
-  apex = f.bridge(rng.uniform(0.1, 0.6))
-  bulge = rng.uniform(0.1, 0.25) * iod
-  top = np.concatenate([_arc(bottom[-1], apex, bulge, _UP), _arc(apex, bottom[0], bulge, _UP)])
-  outline = np.concatenate([bottom, top[1:-1]])
-  thick = max(2.5, 0.04 * iod)
-  loops = _ear_loops(f, bottom[0], bottom[6], bottom[-1], bottom[-7])
-  canvas = render.make_canvas(geom, image.shape, [outline, *loops], pad=thick)
+  bottom, apex, outline, canvas, alpha = _looped_mask(
+    f,
+    geom,
+    image,
+    rng,
+    sides=(1.3, 2.4),
+    drops=((0.03, 0.12), (0.05, 0.25)),
+    apex=(0.1, 0.6),
+    bulge=(0.1, 0.25),
+    thick=0.04,
+    loop_at=6,
+  )
   if canvas is None:
     return _finish(geom, f, image, None, None, None, rng)
-  alpha = np.maximum(canvas.fill([outline]), canvas.lines(loops, thick))
   kind = _pick(rng, ["solid", "solid", "stripes", "checks", "dots", "textured"])
   albedo = _pattern(canvas, rng, _colour(rng, val=(0.12, 0.95)), iod, kind)
   if rng.random() < 0.5:  # A centre seam from the nose to the chin.
