@@ -165,6 +165,22 @@ def test_trained_checkpoint_unmasks_photos_and_exports(shared_data, tmp_path, mo
     got = export.RUNNERS[fmt](result["path"], x)
     np.testing.assert_allclose(got, want, atol=1e-3, err_msg=fmt)
 
+  # 5) notebooks/real_photos.ipynb runs on this checkpoint with no cell failing.
+  import nbclient
+  import nbformat
+
+  monkeypatch.setenv("MASK2FACE_WORKDIR", str(workdir))
+  monkeypatch.setenv("MASK2FACE_SHARED_DATA", str(shared_data))
+  monkeypatch.setenv("MASK2FACE_OUTPUT", str(tmp_path / "notebook_out"))
+  notebook = nbformat.read(REPO_ROOT / "notebooks" / "real_photos.ipynb", as_version=4)
+  nbclient.NotebookClient(
+    notebook, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(tmp_path)}}
+  ).execute()  # Raises CellExecutionError, naming the cell, if any cell fails.
+  outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+  figures = [o for o in outputs if "image/png" in o.get("data", {})]
+  assert len(figures) == min(8, len(photos))  # One figure per photo it shows.
+  assert len(list((tmp_path / "notebook_out").iterdir())) >= found  # Every unmasked photo.
+
 
 def test_main_drops_orbax_info_but_keeps_warnings_and_ours():
   from mask2face import main
