@@ -7,6 +7,7 @@ seed fixes the result. Sizes are in units of the eye distance (`iod`) to be reso
 """
 
 import colorsys
+import typing
 
 import cv2
 import numpy as np
@@ -135,7 +136,24 @@ def _ear_loops(face: _Face, top_l, bot_l, top_r, bot_r) -> list[np.ndarray]:
   return loops
 
 
-def _looped_mask(f, geom, image, rng, *, sides, drops, apex, bulge, thick, loop_at):
+class _LoopedShape(typing.NamedTuple):
+  """Ranges (low, high) of the uniform draws that shape a soft mask with ear loops."""
+
+  sides: tuple[float, float]  # Where the lower edge leaves the jaw (jaw-point units).
+  drops: tuple[tuple[float, float], tuple[float, float]]  # Lower edge below the jaw (iod).
+  apex: tuple[float, float]  # How far up the nose bridge the top reaches.
+  bulge: tuple[float, float]  # Arch of the top edge (iod).
+  thick: float  # Loop thickness (iod).
+  loop_at: int  # Lower-edge point where each ear loop's lower strap starts.
+
+
+_SURGICAL = _LoopedShape(
+  (1.2, 2.2), ((0.06, 0.16), (0.05, 0.2)), (0.05, 0.5), (0.0, 0.12), 0.035, 7
+)
+_CLOTH = _LoopedShape((1.3, 2.4), ((0.03, 0.12), (0.05, 0.25)), (0.1, 0.6), (0.1, 0.25), 0.04, 6)
+
+
+def _looped_mask(f, geom, image, rng, shape: _LoopedShape):
   """The soft masks' shared shape: a jaw-hugging lower edge, an arched top over the nose
   bridge and two ear loops. Ranges are (low, high) uniform draws, in this order (the order
   fixes which pixels a seed gives); lengths are fractions of the inter-ocular distance.
@@ -143,6 +161,7 @@ def _looped_mask(f, geom, image, rng, *, sides, drops, apex, bulge, thick, loop_
   Returns (bottom edge, apex, outline, canvas or None when off-image, alpha).
   """
   iod = f.iod
+  sides, drops, apex, bulge, thick, loop_at = shape
   s_l, s_r = rng.uniform(*sides, 2)
   bottom = f.lower_jaw(s_l, 16 - s_r, rng.uniform(*drops[0]) * iod, rng.uniform(*drops[1]) * iod)
   apex_point = f.bridge(rng.uniform(*apex))
@@ -164,18 +183,7 @@ def surgical(geom: FaceGeometry, image: np.ndarray, rng: np.random.Generator):
   """A pleated surgical mask with a nose wire and ear loops in one of the usual colours."""
   f = _Face(geom)
   iod = f.iod
-  bottom, apex, outline, canvas, alpha = _looped_mask(
-    f,
-    geom,
-    image,
-    rng,
-    sides=(1.2, 2.2),
-    drops=((0.06, 0.16), (0.05, 0.2)),
-    apex=(0.05, 0.5),
-    bulge=(0.0, 0.12),
-    thick=0.035,
-    loop_at=7,
-  )
+  bottom, apex, outline, canvas, alpha = _looped_mask(f, geom, image, rng, _SURGICAL)
   if canvas is None:
     return _finish(geom, f, image, None, None, None, rng)
   palette = [(0.55, 0.74, 0.9), (0.93, 0.94, 0.95), (0.55, 0.82, 0.72), (0.95, 0.72, 0.8)]
@@ -196,18 +204,7 @@ def cloth(geom: FaceGeometry, image: np.ndarray, rng: np.random.Generator):
   """A curved fabric mask: solid, striped, checked, dotted or textured, any colour."""
   f = _Face(geom)
   iod = f.iod
-  bottom, apex, outline, canvas, alpha = _looped_mask(
-    f,
-    geom,
-    image,
-    rng,
-    sides=(1.3, 2.4),
-    drops=((0.03, 0.12), (0.05, 0.25)),
-    apex=(0.1, 0.6),
-    bulge=(0.1, 0.25),
-    thick=0.04,
-    loop_at=6,
-  )
+  bottom, apex, outline, canvas, alpha = _looped_mask(f, geom, image, rng, _CLOTH)
   if canvas is None:
     return _finish(geom, f, image, None, None, None, rng)
   kind = _pick(rng, ["solid", "solid", "stripes", "checks", "dots", "textured"])
