@@ -22,6 +22,8 @@ import tempfile
 import numpy as np
 from absl import app, flags, logging
 
+from mask2face import atomic
+
 FORMATS = ("tflite", "savedmodel", "stablehlo")
 
 
@@ -51,18 +53,6 @@ def load_checkpoint(workdir, *, which: str = "best"):
   return models.model_from_config(config), variables, int(config.data.image_size)
 
 
-def _atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def _tf_module(fn, image_size: int, batch: int | None):
   """A tf.Module whose `serve` signature runs `fn` through jax2tf."""
   import tensorflow as tf
@@ -88,7 +78,7 @@ def export_stablehlo(fn, image_size: int, path) -> pathlib.Path:
   spec = jax.ShapeDtypeStruct((b, image_size, image_size, 3), np.float32)
   exported = jax.export.export(jax.jit(fn))(spec)
   path = pathlib.Path(path)
-  _atomic_write_bytes(path, bytes(exported.serialize()))
+  atomic.write_bytes(path, bytes(exported.serialize()))
   return path
 
 
@@ -136,7 +126,7 @@ def tflite_bytes(fn, image_size: int, *, select_tf_ops: bool = False) -> bytes:
 
 def export_tflite(fn, image_size: int, path) -> pathlib.Path:
   path = pathlib.Path(path)
-  _atomic_write_bytes(path, tflite_bytes(fn, image_size))
+  atomic.write_bytes(path, tflite_bytes(fn, image_size))
   return path
 
 

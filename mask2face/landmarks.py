@@ -31,6 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 from absl import logging
 
+from mask2face import atomic
 from mask2face.data.images import ImageError
 
 CACHE_FORMAT = "mask2face.landmarks/1"
@@ -375,16 +376,6 @@ def default_cache_path(source_spec: str) -> pathlib.Path:
   return pathlib.Path.home() / ".cache" / "mask2face" / "landmarks" / f"{slug}-{digest}.json"
 
 
-def _atomic_write_json(path: pathlib.Path, data) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  with open(tmp, "w") as f:
-    json.dump(data, f, separators=(",", ":"))
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def _journal_path(path: pathlib.Path) -> pathlib.Path:
   return path.with_name(path.name + ".journal.jsonl")
 
@@ -560,7 +551,7 @@ def compute_cache(
   if todo:
     summary["seconds"] = round(seconds, 2)
     summary["images_per_second"] = round(len(todo) / max(seconds, 1e-9), 2)
-  _atomic_write_json(
+  atomic.write_json(
     path,
     {
       "format": CACHE_FORMAT,
@@ -569,11 +560,12 @@ def compute_cache(
       "summary": summary,
       "records": records,
     },
+    indent=None,  # Tens of MB for a big source: compact.
   )
   problems = {
     k: r.get("reason", "") for k, r in records.items() if r["status"] in ("no_face", "unreadable")
   }
-  _atomic_write_json(
+  atomic.write_json(
     report_path(path),
     {
       "source": source.name,

@@ -20,16 +20,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import pathlib
-import tempfile
 import time
 
 import cv2
 import numpy as np
 from absl import app, flags, logging
 
-from mask2face import detect
+from mask2face import atomic, detect
 from mask2face.data import crop as crop_lib
 from mask2face.data import images
 
@@ -273,15 +271,7 @@ def _write_like(path: pathlib.Path, image: np.ndarray, source: pathlib.Path) -> 
   if alpha is not None and alpha.size == out.size and fmt in ("PNG", "WEBP", "TIFF"):
     out.putalpha(alpha)
   options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      out.save(f, format=fmt, **options)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  atomic.write_image(path, out, format=fmt, **options)
 
 
 def list_inputs(input_path: pathlib.Path) -> list[pathlib.Path]:
@@ -375,11 +365,7 @@ def run(
       checkpoint, which=which, finder=finder, batch_size=batch_size
     )
     reports = unmask_files(unmasker, input_path, output_dir)
-  output_dir.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=output_dir, prefix="report.json.", suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(reports, f, indent=1)
-  os.replace(tmp, output_dir / "report.json")
+  atomic.write_json(output_dir / "report.json", reports, indent=1)
   return reports
 
 

@@ -29,7 +29,7 @@ from absl import logging
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from mask2face import parallel
+from mask2face import atomic, parallel
 from mask2face.checkpointing import Checkpointer
 
 AXIS = parallel.AXIS
@@ -293,18 +293,8 @@ def image_grid(masked, pred, target, rows: int) -> np.ndarray:
   return np.round(np.clip(np.concatenate(triplets, axis=0), 0, 1) * 255).astype(np.uint8)
 
 
-def write_png_atomic(path: pathlib.Path, image: np.ndarray) -> None:
-  from PIL import Image
-
-  tmp = path.with_name(path.name + ".tmp")
-  Image.fromarray(image).save(tmp, format="PNG")
-  os.replace(tmp, path)
-
-
 def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-  os.replace(tmp, path)
+  atomic.write_json(path, obj, sort_keys=True, default=_json_default)
 
 
 def _json_default(x):
@@ -558,7 +548,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     writer.write_scalars(step, scalars)
     jsonl.write(step, scalars)
     if grid is not None and is_main:
-      write_png_atomic(images_dir / f"eval_{step:07d}.png", grid)
+      atomic.write_image(images_dir / f"eval_{step:07d}.png", grid)
       writer.write_images(step, {"eval_masked_pred_target": grid[None]})
     return scalars
 
@@ -704,7 +694,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   }
   if is_main:
     if grid is not None:
-      write_png_atomic(images_dir / "test.png", grid)
+      atomic.write_image(images_dir / "test.png", grid)
     write_json_atomic(workdir / "results.json", results)
   logging.info(
     "Test: masked PSNR %.2f dB (masked input %.2f dB), PSNR %.2f dB, SSIM %.4f.",

@@ -20,9 +20,9 @@ from collections.abc import Iterator
 
 import numpy as np
 from absl import app, flags, logging
-from PIL import Image
 
 from configs import common
+from mask2face import atomic
 from mask2face import landmarks as landmarks_lib
 from mask2face.data import pipeline, sources
 from mask2face.data.images import ImageError
@@ -143,12 +143,7 @@ class Tally:
 
 def write_png(path: pathlib.Path, array: np.ndarray):
   """Writes a uint8 image atomically: a temp file in the same folder, then a rename."""
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  try:
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
+  atomic.write_image(path, array)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

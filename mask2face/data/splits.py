@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from absl import logging
 
+from mask2face import atomic
 from mask2face.data.sources import FaceRecord
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -158,16 +158,8 @@ def write_splits(path: str | os.PathLike, splits: Mapping[str, Sequence[str]]) -
   info = dict(getattr(splits, "info", {}))
   info["counts"] = {name: len(splits[name]) for name in SPLIT_NAMES}
   content = {**info, "splits": {name: list(splits[name]) for name in SPLIT_NAMES}}
-  path.parent.mkdir(parents=True, exist_ok=True)
   # A half-written file would silently change the split of a resumed run: write, then rename.
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(content, f, indent=1)
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
+  atomic.write_json(path, content, indent=1)
 
 
 def read_splits(path: str | os.PathLike) -> Splits:

@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 from absl import app, flags, logging
 
+from mask2face import atomic
+
 BASELINE = "masked input (baseline)"
 # Table columns, in order, with how many decimals they are shown with.
 METRICS = {
@@ -278,12 +280,6 @@ def eval_images(root: str | os.PathLike, runs: pd.DataFrame | None = None) -> di
   return out
 
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
-
-
 def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[str, str]:
   """Writes the CSV and Markdown tables of `root` into `out` (default: `root`).
 
@@ -309,7 +305,7 @@ def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None) 
     "families.csv": families.to_csv(index=False),
     "families.md": to_markdown(format_table(families)) if not families.empty else "",
   }.items():
-    _write_atomic(out / name, text)
+    atomic.write_text(out / name, text)
     written[name] = str(out / name)
   logging.info(
     "%d runs in %d configurations from %s; tables in %s",

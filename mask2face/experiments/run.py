@@ -36,6 +36,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
+from mask2face import atomic
 from mask2face.experiments import grid as grid_lib
 
 TRAINER = (sys.executable, "-m", "mask2face.main")
@@ -301,12 +302,6 @@ def is_complete(workdir: pathlib.Path) -> bool:
   return (workdir / RESULTS_FILE).is_file()
 
 
-def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-  os.replace(tmp, path)
-
-
 def git_commit() -> str:
   """The checkout's commit, '-dirty' when it has uncommitted changes ('unknown' outside git)."""
   try:
@@ -339,7 +334,7 @@ def write_point_json(
       attempts = int(json.loads(path.read_text()).get("attempts", 0))
     except (ValueError, AttributeError):
       logging.warning("%s: unreadable, rewriting it", path)
-  _write_json_atomic(
+  atomic.write_json(
     path,
     {
       "name": point.name,
@@ -358,6 +353,8 @@ def write_point_json(
       "commit": git_commit(),
       "started": datetime.datetime.now().isoformat(timespec="seconds"),
     },
+    sort_keys=True,
+    default=str,
   )
 
 

@@ -101,29 +101,34 @@ def markdown_table(rows: Sequence[tuple[str, dict[str, float]]], size: int) -> s
   return "\n".join(lines)
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/<name>.py file.")
-_MODELS = flags.DEFINE_list("models", [], f"Registered names with default settings: {list(MODELS)}")
-_SIZE = flags.DEFINE_integer("size", 0, "Image side; 0 = the config's data.image_size (or 256).")
-_DTYPE = flags.DEFINE_string("dtype", "", "Compute dtype for --models ('' = float32).")
+def define_flags() -> None:
+  """The CLI's flags, defined only when run as a script: importing this module (a test, a
+  notebook) must not claim `--config` or `--size` from a program that defines its own."""
+  config_flags.DEFINE_config_file("config", None, "A configs/<name>.py file.")
+  flags.DEFINE_list("models", [], f"Registered names with default settings: {list(MODELS)}")
+  flags.DEFINE_integer("size", 0, "Image side; 0 = the config's data.image_size (or 256).")
+  flags.DEFINE_string("dtype", "", "Compute dtype for --models ('' = float32).")
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
-  if config is None and not _MODELS.value:
+  f = flags.FLAGS
+  config = f.config
+  if config is None and not f.models:
     raise app.UsageError("give --config=configs/<name>.py and/or --models=unet,resnet_unet")
-  size = _SIZE.value or (int(config.data.image_size) if config is not None else 256)
+  size = f.size or (int(config.data.image_size) if config is not None else 256)
   models = []
   if config is not None:
     label = f"{config.model_name} ({config.get('name', 'config')})"
     models.append((label, model_from_config(config)))
-  for name in _MODELS.value:
-    kwargs = {"dtype": _DTYPE.value} if _DTYPE.value else {}
+  for name in f.models:
+    kwargs = {"dtype": f.dtype} if f.dtype else {}
     models.append((name, get_model(name, **kwargs)))
   rows = [(name, summarize(model, size)) for name, model in models]
   print(markdown_table(rows, size))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

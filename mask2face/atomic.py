@@ -1,0 +1,64 @@
+"""Atomic file writes: a temp file beside the target, flushed to disk, then `os.replace`.
+
+Whoever reads a mask2face file (a resumed run reading its splits, a grid runner looking for
+`results.json`, a notebook, another host) sees the old file or the whole new one, never a torn
+write; a crash leaves at most a stray `.<name>.*.tmp` file, and never a truncated result.
+"""
+
+import contextlib
+import json
+import os
+import pathlib
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+
+@contextlib.contextmanager
+def open_for_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+  """Yields a file to write; on success it replaces `path` in one step, on error it vanishes."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, mode) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+  with open_for_write(path, "wb") as f:
+    f.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+  with open_for_write(path, "w") as f:
+    f.write(text)
+
+
+def write_json(
+  path: str | os.PathLike,
+  obj: Any,
+  *,
+  indent: int | None = 2,
+  sort_keys: bool = False,
+  default: Callable[[Any], Any] | None = None,
+) -> None:
+  """Writes `obj` as JSON (compact when `indent` is None)."""
+  separators = (",", ":") if indent is None else None
+  text = json.dumps(obj, indent=indent, sort_keys=sort_keys, default=default, separators=separators)
+  write_text(path, text + "\n")
+
+
+def write_image(path: str | os.PathLike, image, *, format: str = "PNG", **options) -> None:
+  """Writes a uint8 array or a PIL image in `format` (PIL's names: PNG, JPEG, WEBP, ...)."""
+  from PIL import Image
+
+  if not isinstance(image, Image.Image):
+    image = Image.fromarray(image)
+  with open_for_write(path, "wb") as f:
+    image.save(f, format=format, **options)
