@@ -22,7 +22,7 @@ import tempfile
 import numpy as np
 from absl import app, flags, logging
 
-from mask2face import atomic
+from mask2face import atomic, cli
 
 FORMATS = ("tflite", "savedmodel", "stablehlo")
 
@@ -221,7 +221,7 @@ def main(argv):
   del argv
   f = flags.FLAGS
   result = run(f.checkpoint, f.format, f.out, which=f.which)
-  print(
+  cli.emit(
     f"{result['format']}: {result['path']} ({result['bytes'] / 1e6:.2f} MB), "
     f"max |exported - jax| = {result['max_abs_error']:.2e}"
   )

@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 from absl import logging
 
-from mask2face import atomic
+from mask2face import atomic, cli
 from mask2face.data.images import ImageError
 
 CACHE_FORMAT = "mask2face.landmarks/1"
@@ -625,7 +625,9 @@ def main(argv):
     max_side=f.max_side,
     fallback=f.fallback,
   )
-  print(json.dumps({"cache": str(out), "report": str(report_path(out)), **table.summary}, indent=2))
+  cli.emit(
+    json.dumps({"cache": str(out), "report": str(report_path(out)), **table.summary}, indent=2)
+  )
 
 
 def _define_flags():

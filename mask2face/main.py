@@ -12,7 +12,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mask2face import train
+from mask2face import cli, train
 
 FLAGS = flags.FLAGS
 
@@ -53,7 +53,7 @@ def main(argv):
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
   quiet_orbax()
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  print(f"Done: results in {FLAGS.workdir}/results.json")
+  cli.emit(f"Done: results in {FLAGS.workdir}/results.json")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from absl import app, flags, logging
 
-from mask2face import atomic, detect
+from mask2face import atomic, cli, detect
 from mask2face.data import crop as crop_lib
 from mask2face.data import images
 
@@ -396,8 +396,8 @@ def main(argv):
     fallbacks=f.fallbacks,
     batch_size=f.batch_size,
   )
-  print(summarize(reports))
-  print(f"Report: {pathlib.Path(f.output) / 'report.json'} ({time.time() - start:.1f} s)")
+  cli.emit(summarize(reports))
+  cli.emit(f"Report: {pathlib.Path(f.output) / 'report.json'} ({time.time() - start:.1f} s)")
 
 
 if __name__ == "__main__":

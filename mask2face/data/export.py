@@ -22,7 +22,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from configs import common
-from mask2face import atomic
+from mask2face import atomic, cli
 from mask2face import landmarks as landmarks_lib
 from mask2face.data import pipeline, sources
 from mask2face.data.images import ImageError
@@ -219,8 +219,8 @@ def main(argv):
     cache_path=f.landmarks_cache,
     workers=f.workers,
   )
-  print(f"wrote {tally.counts['ok']} pairs to {f.out} in {time.time() - start:.1f} s")
-  print(tally.report())
+  cli.emit(f"wrote {tally.counts['ok']} pairs to {f.out} in {time.time() - start:.1f} s")
+  cli.emit(tally.report())
   if tally.counts["ok"] == 0:
     sys.exit(f"no pair could be made from {source.name}")
 

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
+from mask2face import cli
 from mask2face.data import export
 
 
@@ -64,8 +65,8 @@ def main(argv):
   out = pathlib.Path(f.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   export.write_png(out, make_grid(pairs))
-  print(f"wrote {len(pairs)} examples (masked | clean | mask) to {out}")
-  print(tally.report())
+  cli.emit(f"wrote {len(pairs)} examples (masked | clean | mask) to {out}")
+  cli.emit(tally.report())
 
 
 if __name__ == "__main__":

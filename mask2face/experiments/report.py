@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from absl import app, flags, logging
 
-from mask2face import atomic
+from mask2face import atomic, cli
 
 BASELINE = "masked input (baseline)"
 # Table columns, in order, with how many decimals they are shown with.
@@ -328,8 +328,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
   written = write_report(flags.FLAGS.root, flags.FLAGS.out)
-  print(pathlib.Path(written["summary.md"]).read_text())
-  print("Wrote " + ", ".join(written.values()))
+  cli.emit(pathlib.Path(written["summary.md"]).read_text())
+  cli.emit("Wrote " + ", ".join(written.values()))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from mask2face import atomic
+from mask2face import atomic, cli
 from mask2face.experiments import grid as grid_lib
 
 TRAINER = (sys.executable, "-m", "mask2face.main")
@@ -537,7 +537,7 @@ def print_commands(
     )
     workdir.mkdir(parents=True, exist_ok=True)
     write_point_json(workdir, point, command, grid_file=grid_file)
-    print(command_line(command), file=out)
+    cli.emit(command_line(command), file=out)
     outcomes.append(Outcome(point, workdir, "pending"))
   return outcomes
 
@@ -605,7 +605,7 @@ def main(argv):
   outcomes = run_points(
     points, FLAGS.root, parallel=FLAGS.parallel, devices=FLAGS.devices, **kwargs
   )
-  print(summarize(outcomes))
+  cli.emit(summarize(outcomes))
   if any(o.status == "failed" for o in outcomes):
     sys.exit(1)
 

@@ -19,6 +19,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from mask2face import cli
 from mask2face.models import MODELS, get_model, model_from_config
 
 _RNGS = ("params", "latent", "dropout")
@@ -126,7 +127,7 @@ def main(argv: Sequence[str]) -> None:
     kwargs = {"dtype": f.dtype} if f.dtype else {}
     models.append((name, get_model(name, **kwargs)))
   rows = [(name, summarize(model, size)) for name, model in models]
-  print(markdown_table(rows, size))
+  cli.emit(markdown_table(rows, size))
 
 
 if __name__ == "__main__":
