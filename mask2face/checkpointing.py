@@ -132,3 +132,33 @@ class Checkpointer:
   def close(self) -> None:
     self._latest.close()
     self._best.close()
+
+
+def restore_weights(directory, *, which: str = "best") -> dict:
+  """{'params', optionally 'batch_stats'} of a run's checkpoint, as numpy arrays.
+
+  For inference and export, which have no optimizer to restore into: reads `directory/best`'s
+  step when `which='best'` and one exists, else the latest `directory/<step>`, untargeted.
+  """
+  root = pathlib.Path(directory).expanduser().resolve()
+
+  def steps(folder):
+    return sorted(int(p.name) for p in folder.glob("[0-9]*") if (p / "state").is_dir())
+
+  candidates = [root / "best", root] if which == "best" else [root]
+  for folder in candidates:
+    found = steps(folder) if folder.is_dir() else []
+    if found:
+      path = folder / str(found[-1]) / "state"
+      break
+  else:
+    raise ValueError(f"{root}: no checkpoint found (expected <step>/state folders)")
+  logging.info("Restoring weights from %s", path)
+  with ocp.StandardCheckpointer() as checkpointer:
+    state = checkpointer.restore(path)
+  if not isinstance(state, dict) or "params" not in state:
+    raise ValueError(f"{path}: not a mask2face train state (no 'params')")
+  variables = {"params": state["params"]}
+  if state.get("batch_stats"):
+    variables["batch_stats"] = state["batch_stats"]
+  return variables

@@ -13,7 +13,6 @@ the model (`mask2face.predict` shows the whole path).
 from __future__ import annotations
 
 import functools
-import json
 import os
 import pathlib
 import shutil
@@ -38,19 +37,11 @@ def inference_fn(model, variables):
 
 
 def load_checkpoint(workdir, *, which: str = "best"):
-  """(model, variables, image_size) of a training run (see `predict.Unmasker.from_checkpoint`)."""
-  import ml_collections
+  """(model, variables, image_size) of a training run (see `predict.load_run`)."""
+  from mask2face.predict import load_run
 
-  from mask2face import models
-  from mask2face.predict import restore_variables
-
-  config_path = pathlib.Path(workdir).expanduser() / "config.json"
-  try:
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  except (OSError, json.JSONDecodeError) as e:
-    raise ValueError(f"{config_path}: cannot read the run's config ({e})") from e
-  variables = restore_variables(workdir, which=which)
-  return models.model_from_config(config), variables, int(config.data.image_size)
+  config, model, variables = load_run(workdir, which=which)
+  return model, variables, int(config.data.image_size)
 
 
 def _tf_module(fn, image_size: int, batch: int | None):

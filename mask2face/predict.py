@@ -114,18 +114,7 @@ class Unmasker:
     BatchNorm statistics) of `workdir/checkpoints/best/<step>` when `which='best'` and it
     exists, else of the latest `workdir/checkpoints/<step>`.
     """
-    import ml_collections
-
-    from mask2face import models
-
-    workdir = pathlib.Path(workdir).expanduser()
-    config_path = workdir / "config.json"
-    try:
-      config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    except (OSError, json.JSONDecodeError) as e:
-      raise ValueError(f"{config_path}: cannot read the run's config ({e})") from e
-    variables = restore_variables(workdir, which=which)
-    model = models.model_from_config(config)
+    config, model, variables = load_run(workdir, which=which)
     data = config.data
     kwargs.setdefault("margin", data.get("margin", 1.0 / 3.0))
     kwargs.setdefault("level_eyes", data.get("level_eyes", False))
@@ -227,32 +216,24 @@ class Unmasker:
     return out, results
 
 
-def restore_variables(workdir, *, which: str = "best") -> dict:
-  """{'params', optionally 'batch_stats'} of a run's checkpoint, as numpy arrays."""
-  import orbax.checkpoint as ocp
+def load_run(workdir, *, which: str = "best"):
+  """(config, model, variables) of a training run in `workdir` (written by mask2face.train).
 
-  root = pathlib.Path(workdir).expanduser().resolve() / "checkpoints"
+  The model comes from `workdir/config.json`, its weights from the run's best checkpoint
+  (`which='best'`, when one exists) or its latest one (`checkpointing.restore_weights`).
+  """
+  import ml_collections
 
-  def steps(folder):
-    return sorted(int(p.name) for p in folder.glob("[0-9]*") if (p / "state").is_dir())
+  from mask2face import checkpointing, models
 
-  candidates = [root / "best", root] if which == "best" else [root]
-  for folder in candidates:
-    found = steps(folder) if folder.is_dir() else []
-    if found:
-      path = folder / str(found[-1]) / "state"
-      break
-  else:
-    raise ValueError(f"{root}: no checkpoint found (expected <step>/state folders)")
-  logging.info("Restoring weights from %s", path)
-  with ocp.StandardCheckpointer() as checkpointer:
-    state = checkpointer.restore(path)
-  if not isinstance(state, dict) or "params" not in state:
-    raise ValueError(f"{path}: not a mask2face train state (no 'params')")
-  variables = {"params": state["params"]}
-  if state.get("batch_stats"):
-    variables["batch_stats"] = state["batch_stats"]
-  return variables
+  workdir = pathlib.Path(workdir).expanduser()
+  config_path = workdir / "config.json"
+  try:
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"{config_path}: cannot read the run's config ({e})") from e
+  variables = checkpointing.restore_weights(workdir / "checkpoints", which=which)
+  return config, models.model_from_config(config), variables
 
 
 # --- Files --------------------------------------------------------------------------------

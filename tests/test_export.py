@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from run_folder import write_run_folder
 
 from mask2face import detect, export, models
 from mask2face.data import crop, images
@@ -65,20 +66,8 @@ def test_tflite_uses_builtin_ops_only():
 
 
 def test_cli_run_exports_a_checkpoint(tmp_path):
-  import orbax.checkpoint as ocp
-
-  from configs import common
-
   model, variables = tiny_model("unet")
-  config = common.get_config()
-  config.model_name = "unet"
-  config.model.filters = TINY["filters"]
-  config.model.kernels = TINY["kernels"]
-  config.data.image_size = SIZE
-  (tmp_path / "config.json").write_text(config.to_json_best_effort())
-  state = {"step": jnp.array(3), "params": variables["params"], "batch_stats": {}}
-  with ocp.CheckpointManager(tmp_path / "checkpoints", item_names=("state",)) as manager:
-    manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+  write_run_folder(tmp_path, variables, model_name="unet", model_kwargs=TINY, size=SIZE, step=3)
   result = export.run(tmp_path, "stablehlo", tmp_path / "out" / "model.stablehlo")
   assert pathlib.Path(result["path"]).is_file() and result["bytes"] > 0
   assert result["max_abs_error"] < 1e-5

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from bad_inputs import EXPECTED, make_bad_inputs
 from PIL import Image
+from run_folder import write_run_folder
 
 from mask2face import detect, models, predict
 from mask2face.data import crop, images
@@ -112,27 +113,7 @@ def test_unmask_files_folder(shared_data, unmasker, grace_hopper, tmp_path):
 
 
 def _write_workdir(workdir, model, variables):
-  """A run folder as train.py leaves it: config.json + checkpoints/<step>/state (TrainState)."""
-  import orbax.checkpoint as ocp
-
-  from configs import common
-  from mask2face.train import TrainState
-
-  config = common.get_config()
-  config.model_name = "unet"
-  config.model.filters = TINY["filters"]
-  config.model.kernels = TINY["kernels"]
-  config.data.image_size = SIZE
-  (workdir / "config.json").write_text(config.to_json_best_effort())
-  state = TrainState(
-    step=jnp.array(7),
-    params=variables["params"],
-    batch_stats={},
-    opt_state={},
-    rng=jax.random.key_data(jax.random.key(1)),
-  )
-  with ocp.CheckpointManager(workdir / "checkpoints", item_names=("state",)) as manager:
-    manager.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+  write_run_folder(workdir, variables, model_name="unet", model_kwargs=TINY, size=SIZE)
 
 
 def test_from_checkpoint_restores_the_weights(tiny, tmp_path):
