@@ -20,7 +20,7 @@ from absl import app, flags
 
 from configs import common
 from mask2face.data import images, pipeline
-from mask2face.landmarks import LandmarkDetector
+from mask2face.data.landmarks import LandmarkDetector
 
 _DATA = flags.DEFINE_string("data", "../shared/data", "The shared data folder.")
 _FOLDERS = flags.DEFINE_list("folders", ["lfw_gray", "faces_color"], "Sub-folders to time.")

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from mask2face import detect
 from mask2face.data import crop, images
-from mask2face.landmarks import LandmarkDetector
+from mask2face.data.landmarks import LandmarkDetector
 
 _DATA = flags.DEFINE_string("data", "../shared/data", "The shared data folder.")
 _FOLDERS = flags.DEFINE_list("folders", ["faces_color", "lfw_gray"], "Sub-folders to fit on.")

@@ -1,8 +1,9 @@
-"""Atomic file writes: a temp file beside the target, flushed to disk, then `os.replace`.
+"""Atomic file writes (a temp file beside the target, flushed, then `os.replace`); JSON reading.
 
 Whoever reads a mask2face file (a resumed run reading its splits, a grid runner looking for
 `results.json`, a notebook, another host) sees the old file or the whole new one, never a torn
 write; a crash leaves at most a stray `.<name>.*.tmp` file, and never a truncated result.
+`read_json` is the reading side: its errors name the file and what it should have been.
 """
 
 import contextlib
@@ -52,6 +53,22 @@ def write_json(
   separators = (",", ":") if indent is None else None
   text = json.dumps(obj, indent=indent, sort_keys=sort_keys, default=default, separators=separators)
   write_text(path, text + "\n")
+
+
+def read_json(path: str | os.PathLike, *, what: str = "JSON file") -> Any:
+  """Reads a JSON file; errors name the file, `what` it should be and the problem.
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    ValueError: `path` is not valid UTF-8 JSON.
+  """
+  path = pathlib.Path(path)
+  try:
+    return json.loads(path.read_text())
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{path}: {what} not found") from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path}: {what} is not valid JSON ({e})") from None
 
 
 def write_image(path: str | os.PathLike, image, *, format: str = "PNG", **options) -> None:

@@ -16,13 +16,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
 import numpy as np
 from absl import logging
+
+from mask2face import atomic
+from mask2face.data import dlib_faces
 
 MODEL_URL = (
   "https://storage.googleapis.com/mediapipe-models/face_detector/blaze_face_short_range/"
@@ -33,8 +35,6 @@ MODEL_FILENAME = "blaze_face_short_range.tflite"
 # left in a frontal photo.
 KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth", "right_ear", "left_ear")
 DETECTOR_NAMES = ("mediapipe", "dlib_cnn", "dlib_hog")
-# dlib fallbacks run on photos downscaled to this longer side (their cost grows with pixels).
-DLIB_MAX_SIDE = 1024
 
 # --- The crop mapping: detector geometry -> training crop (centre and side of the square). ---
 # Fitted by `python benchmarks/fit_crop_mapping.py` (least squares, no intercept, so the map
@@ -89,25 +89,24 @@ def default_cache_dir() -> pathlib.Path:
 
 
 def download_model(url: str, dest: pathlib.Path, *, timeout: float = 10.0) -> pathlib.Path:
-  """Downloads `url` to `dest` atomically (a temp file beside it, then os.replace)."""
-  dest.parent.mkdir(parents=True, exist_ok=True)
+  """Downloads `url` to `dest` through `atomic` (a half download never lands at `dest`)."""
   logging.info("Downloading the face detector from %s to %s", url, dest)
-  fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".tmp")
   try:
-    with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+    with (
+      atomic.open_for_write(dest, "wb") as out,
+      urllib.request.urlopen(url, timeout=timeout) as response,
+    ):
+      size = 0
       while chunk := response.read(1 << 16):
         out.write(chunk)
-    if os.path.getsize(tmp) == 0:
-      raise DetectorError(f"downloaded an empty file from {url}")
-    os.replace(tmp, dest)
+        size += len(chunk)
+      if size == 0:
+        raise DetectorError(f"downloaded an empty file from {url}")
   except (urllib.error.URLError, OSError, TimeoutError) as e:
     raise DetectorError(
       f"cannot download the face detector model from {url} ({e}); are you offline? Download it "
       f"by hand to {dest}, or pass its path (--detector_model / FaceFinder(model_path=...))"
     ) from e
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return dest
 
 
@@ -132,19 +131,11 @@ def resolve_model_path(
   return download_model(MODEL_URL, cached, timeout=timeout)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-  x0, y0 = np.maximum(a[:2], b[:2])
-  x1, y1 = np.minimum(a[2:], b[2:])
-  inter = max(x1 - x0, 0) * max(y1 - y0, 0)
-  union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-  return float(inter / union) if union > 0 else 0.0
-
-
 def _non_max_suppression(faces: list[FoundFace], iou: float = 0.3) -> list[FoundFace]:
   """Keeps the best-scoring face of each group of overlapping boxes (tiles overlap)."""
   kept = []
   for face in sorted(faces, key=lambda f: -f.score):
-    if all(_iou(face.box, k.box) < iou for k in kept):
+    if all(dlib_faces.box_iou(face.box, k.box) < iou for k in kept):
       kept.append(face)
   return kept
 
@@ -185,8 +176,6 @@ class FaceFinder:
     self.min_score = min_score
     self.download = download
     self._mediapipe = None
-    self._dlib = {}
-    self._shape_predictor = None
 
   # -- MediaPipe ------------------------------------------------------------------------------
   def _mediapipe_detector(self):
@@ -260,51 +249,13 @@ class FaceFinder:
     return []
 
   # -- dlib fallbacks -------------------------------------------------------------------------
-  def _dlib_model(self, name: str):
-    if name not in self._dlib:
-      import dlib
-      import face_recognition_models
-
-      if name == "dlib_cnn":
-        self._dlib[name] = dlib.cnn_face_detection_model_v1(
-          face_recognition_models.cnn_face_detector_model_location()
-        )
-      else:
-        self._dlib[name] = dlib.get_frontal_face_detector()
-      if self._shape_predictor is None:
-        self._shape_predictor = dlib.shape_predictor(
-          face_recognition_models.pose_predictor_model_location()
-        )
-    return self._dlib[name]
-
   def _find_dlib(self, image: np.ndarray, name: str) -> list[FoundFace]:
-    import cv2
-
-    detector = self._dlib_model(name)
-    # dlib's cost grows with the pixel count (the CNN takes seconds per megapixel): detect on
-    # at most DLIB_MAX_SIDE pixels, upsampling only small photos, and scale the results back.
-    scale = min(1.0, DLIB_MAX_SIDE / max(image.shape[:2]))
-    small = image
-    if scale < 1.0:
-      size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
-      small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    small = np.ascontiguousarray(small)
-    upsample = 1 if max(small.shape[:2]) <= 640 else 0
-    if name == "dlib_cnn":
-      found = [(d.rect, float(d.confidence)) for d in detector(small, upsample)]
-    else:
-      rects, scores, _ = detector.run(small, upsample, 0.0)
-      found = list(zip(rects, map(float, scores)))
-    faces = []
-    for rect, score in found:
-      shape = self._shape_predictor(small, rect)
-      points = np.array([[p.x, p.y] for p in shape.parts()], np.float32)
-      box = np.array([rect.left(), rect.top(), rect.right(), rect.bottom()], np.float32)
-      # Pixel centres: x = (x_small + 0.5) / scale - 0.5.
-      points = (points + 0.5) / scale - 0.5
-      box = (box + 0.5) / scale - 0.5
-      faces.append(FoundFace(box, _keypoints_from_landmarks(points), score, name, points))
-    return faces
+    # Detected on a copy downscaled to dlib_faces.MAX_SIDE (the CNN takes seconds per
+    # megapixel), upsampling only small photos; points and box come back in photo pixels.
+    faces = dlib_faces.find_faces(image, detector=name.removeprefix("dlib_"))
+    return [
+      FoundFace(f.box, _keypoints_from_landmarks(f.points), f.score, name, f.points) for f in faces
+    ]
 
   # -- Public ---------------------------------------------------------------------------------
   def find(self, image: np.ndarray) -> list[FoundFace]:

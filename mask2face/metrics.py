@@ -1,27 +1,20 @@
-"""Image-quality and identity metrics for inpainted faces.
+"""Image-quality metrics for inpainted faces.
 
-Three layers:
+Two layers (the identity metric, which needs dlib, is `mask2face.identity`):
 - `image_metrics` (pure jnp, jit-able): per-example PSNR, SSIM and L1 over the whole image and
   over the masked region only, computed with dm_pix.
 - `MetricAccumulator` (host-side numpy): means over every valid example, overall and per mask
   family, across any number of (partial) batches.
-- `IdentityScorer` (host-side, dlib): cosine similarity of dlib face descriptors between a
-  prediction and its target, the question "is it still the same person?".
 """
 
 import collections
-import functools
 import math
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import dlib
 import dm_pix
-import face_recognition_models
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
 # SSIM settings of upstream's loss and of the SSIM paper (Wang et al. 2004); the losses use the
 # same ones so a loss value and a metric value mean the same thing.
@@ -29,9 +22,6 @@ SSIM_KWARGS = dict(max_val=1.0, filter_size=11, filter_sigma=1.5, k1=0.01, k2=0.
 
 # The keys `image_metrics` returns, in a stable order (for tables and logs).
 METRIC_NAMES = ("psnr", "ssim", "l1", "masked_psnr", "masked_ssim", "masked_l1")
-
-# IdentityScorer logs its progress every this many pairs.
-LOG_EVERY_PAIRS = 200
 
 
 def ssim_map(a, b):
@@ -193,120 +183,3 @@ class MetricAccumulator:
     if family_names is not None and 0 <= family_id < len(family_names):
       return family_names[family_id]
     return str(family_id)
-
-
-@functools.cache
-def _dlib_models():
-  """dlib's HOG detector, 68-point predictor and face-descriptor net, loaded once per process."""
-  logging.info("Loading dlib face models for the identity metric.")
-  return (
-    dlib.get_frontal_face_detector(),
-    dlib.shape_predictor(face_recognition_models.pose_predictor_model_location()),
-    dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location()),
-  )
-
-
-def _to_uint8_rgb(image, what: str) -> np.ndarray:
-  """uint8 HxWx3 from uint8 or [0, 1] float input; a clear error for anything else."""
-  image = np.asarray(image)
-  if image.ndim != 3 or image.shape[-1] != 3:
-    raise ValueError(f"{what}: expected an HxWx3 RGB image, got shape {image.shape}")
-  if image.dtype == np.uint8:
-    return np.ascontiguousarray(image)
-  if np.issubdtype(image.dtype, np.floating):
-    return np.ascontiguousarray(np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8))
-  raise ValueError(f"{what}: expected uint8 or float in [0, 1], got dtype {image.dtype}")
-
-
-class IdentityScorer:
-  """Cosine similarity of dlib face descriptors between predictions and their targets.
-
-  The face is located once, on the target (the clean crop): HOG detection, then dlib's 68
-  landmarks, and the same landmarks align the face chip of both images, so a blurry
-  prediction is judged on the same region as its target. When no face is detected the
-  landmarks are fitted to the face box implied by the crop margin (`fallback_margin`; 0 uses
-  the whole crop box) and the example is marked `identity_fallback = 1`.
-
-  Args:
-    fallback_margin: the margin the crops were made with (config.data.margin): the face box
-      is the crop shrunk by margin / (1 + 2 * margin) on every side.
-    upsample: HOG upsampling; None picks 1 for crops under 200 px (dlib's HOG misses faces
-      under about 80 px) and 0 otherwise.
-  """
-
-  def __init__(self, *, fallback_margin: float = 1.0 / 3.0, upsample: int | None = None):
-    if fallback_margin < 0:
-      raise ValueError(f"fallback_margin must be >= 0, got {fallback_margin}")
-    self.fallback_margin = fallback_margin
-    self.upsample = upsample
-    self.num_scored = 0
-    self.num_fallback = 0
-    self._start = time.monotonic()
-
-  def _landmarks(self, image: np.ndarray):
-    """(dlib full_object_detection, fallback flag) for the largest face of `image`."""
-    detector, predictor, _ = _dlib_models()
-    height, width = image.shape[:2]
-    upsample = self.upsample
-    if upsample is None:
-      upsample = 1 if min(height, width) < 200 else 0
-    boxes = list(detector(image, upsample))
-    if boxes:
-      box = max(boxes, key=lambda r: r.area())
-      return predictor(image, box), False
-    inset = self.fallback_margin / (1.0 + 2.0 * self.fallback_margin)
-    box = dlib.rectangle(
-      round(width * inset),
-      round(height * inset),
-      round(width * (1 - inset)) - 1,
-      round(height * (1 - inset)) - 1,
-    )
-    return predictor(image, box), True
-
-  def score(self, pred, target) -> dict[str, float]:
-    """Scores one pair: `identity_similarity`, `identity_distance`, `identity_fallback`."""
-    _, _, encoder = _dlib_models()
-    pred = _to_uint8_rgb(pred, "prediction")
-    target = _to_uint8_rgb(target, "target")
-    if pred.shape != target.shape:
-      raise ValueError(f"prediction {pred.shape} and target {target.shape} differ in shape")
-    shape, fallback = self._landmarks(target)
-    chips = [dlib.get_face_chip(img, shape, size=150, padding=0.25) for img in (pred, target)]
-    desc_pred, desc_target = (
-      np.asarray(d, np.float64) for d in encoder.compute_face_descriptor(chips)
-    )
-    norm = np.linalg.norm(desc_pred) * np.linalg.norm(desc_target)
-    self.num_scored += 1
-    self.num_fallback += int(fallback)
-    if self.num_scored % LOG_EVERY_PAIRS == 0:
-      # Descriptors cost about 0.1-0.4 s a pair on a CPU: a test split takes minutes.
-      rate = self.num_scored / max(time.monotonic() - self._start, 1e-9)
-      logging.info(
-        "Identity metric: %d pairs scored (%.1f/s), %d without a detected face.",
-        self.num_scored,
-        rate,
-        self.num_fallback,
-      )
-    return {
-      "identity_similarity": float(desc_pred @ desc_target / max(norm, 1e-12)),
-      # dlib's own yardstick: the same person is usually closer than 0.6.
-      "identity_distance": float(np.linalg.norm(desc_pred - desc_target)),
-      "identity_fallback": float(fallback),
-    }
-
-  def score_batch(self, preds, targets, valid=None) -> dict[str, np.ndarray]:
-    """Scores a batch; [B] arrays ready for `MetricAccumulator.add` (padding gets NaN)."""
-    preds = np.asarray(preds)
-    targets = np.asarray(targets)
-    if preds.shape != targets.shape or preds.ndim != 4:
-      raise ValueError(f"preds {preds.shape} and targets {targets.shape} must be [B, H, W, 3]")
-    size = preds.shape[0]
-    keep = np.ones(size, bool) if valid is None else np.asarray(valid).reshape(-1) > 0
-    out = {
-      k: np.full(size, np.nan, np.float32)
-      for k in ("identity_similarity", "identity_distance", "identity_fallback")
-    }
-    for i in np.flatnonzero(keep):
-      for key, value in self.score(preds[i], targets[i]).items():
-        out[key][i] = value
-    return out

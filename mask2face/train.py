@@ -433,9 +433,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """
   from clu import metric_writers, periodic_actions
 
-  from mask2face import losses, metrics
+  from mask2face import losses
   from mask2face.data import pipeline
   from mask2face.data.masks import FAMILY_NAMES
+  from mask2face.identity import IdentityScorer
 
   t_start = time.time()
   if config.multihost:
@@ -653,7 +654,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if meta.get("best_step") is not None:
     test_state = ckpt.restore_best(state) or state
   identity = (
-    metrics.IdentityScorer(fallback_margin=config.data.margin) if (config.identity_metric) else None
+    IdentityScorer(fallback_margin=config.data.margin) if (config.identity_metric) else None
   )
   test_result, baseline_result, grid = evaluate(
     p_eval_step,

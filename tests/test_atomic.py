@@ -29,3 +29,17 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
     atomic.write_json(path, {"new": object()})  # Not JSON-serialisable: fails mid-write.
   assert json.loads(path.read_text()) == {"old": True}
   assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_read_json_names_the_file_and_the_problem(tmp_path):
+  path = tmp_path / "r.json"
+  atomic.write_json(path, {"a": [1, 2]})
+  assert atomic.read_json(path) == {"a": [1, 2]}
+  path.write_text("{not json")
+  with pytest.raises(ValueError, match=r"r\.json: run record is not valid JSON \(Expecting"):
+    atomic.read_json(path, what="run record")
+  path.write_bytes(b"\xff\xfe")
+  with pytest.raises(ValueError, match=r"r\.json: JSON file is not valid JSON"):
+    atomic.read_json(path)
+  with pytest.raises(FileNotFoundError, match=r"missing\.json: run record not found"):
+    atomic.read_json(tmp_path / "missing.json", what="run record")

@@ -7,7 +7,7 @@ import pytest
 from bad_inputs import EXPECTED, make_bad_inputs
 from PIL import Image
 
-from mask2face import landmarks
+from mask2face.data import landmark_cache, landmarks
 from mask2face.data.images import ImageError, load_image
 from mask2face.data.sources import get_source
 
@@ -23,8 +23,8 @@ def bad_folder(tmp_path_factory, grace_hopper):
 def job(bad_folder, tmp_path_factory):
   folder, _ = bad_folder
   out = tmp_path_factory.mktemp("cache") / "landmarks.json"
-  table = landmarks.compute_cache(get_source(str(folder)), out, progress=False)
-  return table, json.loads(landmarks.report_path(out).read_text())
+  table = landmark_cache.compute_cache(get_source(str(folder)), out, progress=False)
+  return table, json.loads(landmark_cache.report_path(out).read_text())
 
 
 def test_every_file_gets_the_expected_outcome(bad_folder, job):

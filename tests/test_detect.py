@@ -46,6 +46,11 @@ def test_download_writes_the_file(tmp_path, monkeypatch):
   path = detect.resolve_model_path(cache_dir=tmp_path / "cache")
   assert path.read_bytes() == b"tflite bytes"
   assert [p.name for p in path.parent.iterdir()] == [detect.MODEL_FILENAME]
+  # An empty download is an error and leaves nothing behind (atomic writes).
+  source.write_bytes(b"")
+  with pytest.raises(detect.DetectorError, match="empty"):
+    detect.download_model(source.as_uri(), tmp_path / "empty" / "model.tflite")
+  assert list((tmp_path / "empty").iterdir()) == []
 
 
 def test_bad_arguments():
@@ -91,7 +96,7 @@ def test_dlib_fallback_uses_the_landmark_crop(grace_hopper):
     detect.crop_transform_from_face(faces[0], size=64),
     crop.crop_transform(faces[0].landmarks, size=64),
   )
-  # A big photo is detected downscaled (DLIB_MAX_SIDE); points come back in its own pixels.
+  # A big photo is detected downscaled (dlib_faces.MAX_SIDE); points come back in its own pixels.
   big = cv2.resize(grace_hopper, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
   (big_face,) = finder.find(big)
   eyes = big_face.keypoints[:2] / 4
@@ -99,7 +104,7 @@ def test_dlib_fallback_uses_the_landmark_crop(grace_hopper):
 
 
 def test_crop_mapping_agrees_with_landmark_crop(shared_data, finder):
-  from mask2face.landmarks import LandmarkDetector
+  from mask2face.data.landmarks import LandmarkDetector
 
   landmarker = LandmarkDetector()
   offsets, ratios = [], []

@@ -43,8 +43,7 @@ def test_notebooks_are_committed_without_outputs():
 
 def train_tiny_grid(shared_data, tmp: pathlib.Path) -> pathlib.Path:
   """Trains the tiny grid for real (mask2face.main, two at a time) on 10 LFW people."""
-  from mask2face import landmarks
-  from mask2face.data import sources
+  from mask2face.data import landmark_cache, sources
   from mask2face.experiments import grid, run
 
   faces = tmp / "faces"
@@ -56,7 +55,7 @@ def train_tiny_grid(shared_data, tmp: pathlib.Path) -> pathlib.Path:
       (faces / person.name / photo.name).symlink_to(photo)
   # Computed once here: two runs starting together would both compute it.
   cache = tmp / "landmarks.json"
-  landmarks.compute_cache(sources.get_source(str(faces)), cache, workers=1, progress=False)
+  landmark_cache.compute_cache(sources.get_source(str(faces)), cache, workers=1, progress=False)
 
   grid_file = tmp / "tiny.py"
   grid_file.write_text(TINY_GRID)

@@ -36,8 +36,8 @@ def pairs(shared_data):
   """(masked, clean) float32 [NUM_FACES, SIZE, SIZE, 3] from the first faces dlib finds."""
   from mask2face.data.crop import crop_transform, warp
   from mask2face.data.images import load_image
+  from mask2face.data.landmarks import LandmarkDetector
   from mask2face.data.masks import MaskPainter
-  from mask2face.landmarks import LandmarkDetector
 
   folder = shared_data / "faces_color"
   if not folder.is_dir():

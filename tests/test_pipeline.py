@@ -12,8 +12,8 @@ import pytest
 from absl import flags
 
 from configs import common
-from mask2face import landmarks
 from mask2face.data import crop, images, masks, pipeline, sources, splits
+from mask2face.data.landmark_cache import compute_cache
 
 SIZE = 32
 NUM_PEOPLE = 8
@@ -41,7 +41,7 @@ def face_folder(shared_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def landmark_cache(face_folder, tmp_path_factory):
   path = tmp_path_factory.mktemp("cache") / "landmarks.json"
-  landmarks.compute_cache(sources.get_source(str(face_folder)), path, workers=1, progress=False)
+  compute_cache(sources.get_source(str(face_folder)), path, workers=1, progress=False)
   return path
 
 

@@ -23,7 +23,7 @@ from absl import app, flags, logging
 
 from configs import common
 from mask2face import atomic, cli
-from mask2face import landmarks as landmarks_lib
+from mask2face.data import landmarks as landmarks_lib
 from mask2face.data import pipeline, sources
 from mask2face.data.images import ImageError
 

@@ -31,8 +31,8 @@ import grain.python as grain
 import numpy as np
 from absl import flags, logging
 
-from mask2face import landmarks as landmarks_lib
-from mask2face.data import crop, masks, sources, splits
+from mask2face.data import crop, landmark_cache, masks, sources, splits
+from mask2face.data import landmarks as landmarks_lib
 
 PAINT_ORDERS = ("auto", "crop_then_paint", "paint_then_crop")
 
@@ -82,7 +82,7 @@ def prepare_data(data_config, *, workdir=None) -> PreparedData:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Worker processes take seconds to start (dlib models): small sources stay in-process.
     workers = max(1, min(data_config.worker_count or os.cpu_count() or 1, len(source) // 50))
-    table = landmarks_lib.compute_cache(source, path, workers=workers)
+    table = landmark_cache.compute_cache(source, path, workers=workers)
   records = [r for r in source.records if _has_face(table, r.key)]
   num_without_face = len(source.records) - len(records)
   if num_without_face:

@@ -9,7 +9,6 @@ and the settings, so a run can be audited and reproduced.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -165,12 +164,7 @@ def write_splits(path: str | os.PathLike, splits: Mapping[str, Sequence[str]]) -
 def read_splits(path: str | os.PathLike) -> Splits:
   """Reads splits written by `write_splits`; a malformed file raises ValueError naming it."""
   path = pathlib.Path(path)
-  try:
-    content = json.loads(path.read_text())
-  except FileNotFoundError:
-    raise FileNotFoundError(f"splits file {path} does not exist") from None
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"splits file {path} is not valid JSON: {e}") from e
+  content = atomic.read_json(path, what="splits file")
   splits = content.get("splits") if isinstance(content, dict) else None
   if not isinstance(splits, dict) or any(
     not isinstance(splits.get(name), list) for name in SPLIT_NAMES
