@@ -6,21 +6,15 @@ import cv2
 import numpy as np
 import pytest
 
-from mask2face.data import crop
+from mask2face.data import crop, dlib_faces
 
 
 @pytest.fixture(scope="module")
 def astronaut_points(astronaut):
   """dlib's 68 landmarks of the astronaut's face (the largest detection)."""
-  import dlib
-  import face_recognition_models
-
-  detector = dlib.get_frontal_face_detector()
-  predictor = dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
-  boxes = sorted(detector(astronaut, 0), key=lambda r: -r.area())
-  assert boxes, "dlib found no face on the astronaut photo"
-  shape = predictor(astronaut, boxes[0])
-  return np.array([[p.x, p.y] for p in shape.parts()], np.float32)
+  faces = dlib_faces.find_faces(astronaut, upsample=0)
+  assert faces, "dlib found no face on the astronaut photo"
+  return faces[0].points
 
 
 def _rotate(image, points, degrees):

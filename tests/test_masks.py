@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from configs import common
+from mask2face.data import dlib_faces
 from mask2face.data.masks import (
   FAMILY_NAMES,
   PROCEDURAL_FAMILIES,
@@ -22,26 +23,10 @@ EYES = list(range(36, 48))
 _KERNEL = np.ones((5, 5), np.uint8)  # 2-px dilation / erosion.
 
 
-@pytest.fixture(scope="module")
-def dlib_models():
-  import dlib
-  import face_recognition_models
-
-  return (
-    dlib.get_frontal_face_detector(),
-    dlib.shape_predictor(face_recognition_models.pose_predictor_model_location()),
-  )
-
-
-def _landmarks(models, image):
+def _landmarks(image):
   """The largest face's 68 points, or None."""
-  detector, predictor = models
-  faces = detector(image, 1)
-  if not faces:
-    return None
-  face = max(faces, key=lambda r: r.area())
-  shape = predictor(image, face)
-  return np.array([[p.x, p.y] for p in shape.parts()], np.float32)
+  faces = dlib_faces.find_faces(image, upsample=1)
+  return faces[0].points if faces else None
 
 
 def _rotated(image, points, degrees):
@@ -54,10 +39,10 @@ def _rotated(image, points, degrees):
 
 
 @pytest.fixture(scope="module")
-def builtin_faces(dlib_models, astronaut, grace_hopper):
+def builtin_faces(astronaut, grace_hopper):
   faces = []
   for image in (astronaut, grace_hopper):
-    points = _landmarks(dlib_models, image)
+    points = _landmarks(image)
     assert points is not None, "dlib found no face in a built-in test photo"
     faces.append((image, points))
   faces.append(_rotated(*faces[0], 25.0))
@@ -65,14 +50,14 @@ def builtin_faces(dlib_models, astronaut, grace_hopper):
 
 
 @pytest.fixture(scope="module")
-def shared_faces(dlib_models, shared_data):
+def shared_faces(shared_data):
   """A few LFW (grayscale -> RGB) and colour photos where dlib finds a face."""
   faces = []
   for folder, pattern, count in (("lfw_gray", "*/*.jpg", 3), ("faces_color", "*.jpg", 3)):
     found = 0
     for path in sorted((shared_data / folder).glob(pattern))[:40]:
       image = np.asarray(Image.open(path).convert("RGB"))
-      points = _landmarks(dlib_models, image)
+      points = _landmarks(image)
       if points is not None:
         faces.append((image, points))
         found += 1

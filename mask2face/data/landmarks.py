@@ -24,6 +24,7 @@ import numpy as np
 from mask2face import atomic
 from mask2face.data import dlib_faces
 
+# The cache files' format tag (a name in the files, not this module's path: caches stay valid).
 CACHE_FORMAT = "mask2face.landmarks/1"
 # Outcome of one image in a cache; every image gets exactly one.
 STATUSES = ("one_face", "several_faces", "fallback", "no_face", "unreadable")
@@ -149,29 +150,29 @@ class LandmarkDetector:
     }
 
   def _find(self, view, upsample, threshold=0.0):
-    """(faces with a positive HOG score, largest first; weak responses as (box, score))."""
+    """(Faces scoring >= 0, largest first; weaker responses as (photo box, score))."""
     found = dlib_faces.detect(view, upsample=upsample, threshold=threshold)
     faces = [dlib_faces.face_in_box(view, box, s) for box, s in found if s >= 0.0]
     faces.sort(key=lambda f: f.area, reverse=True)
     return faces, [(view.box_to_photo(box), s) for box, s in found if s < 0.0]
 
   @staticmethod
-  def _result(faces, view, *, fallback=False, num_faces=None) -> FaceLandmarks:
-    face = faces[0]
+  def _landmarks(face, view, *, num_faces, fallback=False) -> FaceLandmarks:
+    """A `dlib_faces.Face` (already in photo pixels) as `FaceLandmarks`."""
     return FaceLandmarks(
       points=face.points,
       box=tuple(float(v) for v in face.box),
       score=face.score,
       fallback=fallback,
       image_size=view.photo_size,
-      num_faces=len(faces) if num_faces is None else num_faces,
+      num_faces=num_faces,
     )
 
   def detect(self, image) -> list[FaceLandmarks]:
     """All faces the HOG detector finds, largest first (no fallback)."""
     view = dlib_faces.View.of(image, max_side=self.max_side)
     faces, _ = self._find(view, view.default_upsample(self.upsample, self.upsample_max_side))
-    return [self._result([f], view, num_faces=len(faces)) for f in faces]
+    return [self._landmarks(f, view, num_faces=len(faces)) for f in faces]
 
   def detect_largest(self, image) -> FaceLandmarks | None:
     """The largest face, else a padded re-detection, else the tight-crop fallback, else None."""
@@ -179,14 +180,14 @@ class LandmarkDetector:
     upsample = view.default_upsample(self.upsample, self.upsample_max_side)
     faces, _ = self._find(view, upsample)
     if faces:
-      return self._result(faces, view)
+      return self._landmarks(faces[0], view, num_faces=len(faces))
     if not self.fallback:
       return None
     # Tight crops: the HOG window needs some context around the face; padding supplies it.
     padded = view.padded(max(view.image.shape[:2]) // 4)
     faces, candidates = self._find(padded, upsample, min(self.min_fallback_score, 0.0))
     if faces:
-      return self._result(faces, view)
+      return self._landmarks(faces[0], view, num_faces=len(faces))
     return self._tight_crop_fallback(view, candidates)
 
   def _tight_crop_fallback(self, view, candidates):
@@ -203,7 +204,7 @@ class LandmarkDetector:
     if not scores or max(scores) < self.min_fallback_score:
       return None
     face = dataclasses.replace(face, score=max(scores))
-    return self._result([face], view, fallback=True, num_faces=0)
+    return self._landmarks(face, view, num_faces=0, fallback=True)
 
 
 def classify(face: FaceLandmarks | None) -> str:
