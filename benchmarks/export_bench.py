@@ -87,7 +87,7 @@ def main(argv):
     for spec in _CONFIGS.value:
       config = load_config(spec)
       size = _SIZE.value or config.data.image_size
-      model = models.model_from_config(config)
+      model = models.model_from_config(config, axis_name=None)
       variables = model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
       jobs.append((spec, model, variables, size))
   print(f"{jax.devices()[0].device_kind}, TFLite threads {_THREADS.value}, {_RUNS.value} runs")

@@ -66,11 +66,11 @@ def build(config):
   import jax
   import numpy as np
 
-  from mask2face import losses, parallel, train
+  from mask2face import losses, models, parallel, train
 
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
-  model = train.build_model(config)
+  model = models.model_from_config(config)
   tx, _ = train.create_optimizer(config, 1000)
   size = config.data.image_size
   state = train.create_train_state(model, tx, jax.random.PRNGKey(0), (1, size, size, 3), mesh)
@@ -89,9 +89,9 @@ def build(config):
 
 def probe_compile(name, cache_dir):
   """Runs in a subprocess: seconds to lower and compile the train step."""
-  from mask2face import train
+  from mask2face import main
 
-  train.setup_compilation_cache(cache_dir, min_compile_secs=0.0)
+  main.setup_compilation_cache(cache_dir, min_compile_secs=0.0)
   config = load_config(name)
   _, state, step, batch = build(config)
   t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 """Checkpoints of a training run: orbax managers for the latest steps and for the best one.
 
 `workdir/checkpoints/<step>/` holds the train state (params, BatchNorm statistics, optimizer,
-step, rng), the grain input iterator and a small JSON record (early-stopping state, timing).
+step, rng), the grain input iterator and a small JSON record (`bookkeeping.RunProgress`).
 `workdir/checkpoints/best/<step>/` keeps the single best state by the validation metric, which
 the final test evaluation uses. Saves are asynchronous and atomic (orbax writes a temporary
 folder and renames it), so an interrupted save never leaves a half checkpoint behind.

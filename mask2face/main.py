@@ -1,6 +1,7 @@
 """Trains and evaluates one configuration: `python -m mask2face.main --config=... --workdir=...`.
 
-Kept short on purpose (as in the flax examples): it parses the flags and hands the config to
+Kept short on purpose (as in the flax examples): it parses the flags, sets up the process
+(multi-host initialisation, JAX's compilation cache) and hands the config to
 `train.train_and_evaluate`, where the work happens. Any config field can be overridden on the
 command line, e.g. `--config.batch_size=32 --config.data.source=../shared/data/lfw_gray`.
 Rerunning the same command resumes from the last checkpoint in the workdir.
@@ -9,6 +10,7 @@ Rerunning the same command resumes from the last checkpoint in the workdir.
 import logging as std_logging
 import os
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -48,11 +50,30 @@ def quiet_orbax() -> None:
       target.addFilter(DropOrbaxInfo())
 
 
+def setup_compilation_cache(cache_dir: str, min_compile_secs: float = 1.0) -> None:
+  """Turns on JAX's persistent compilation cache so a rerun does not compile again.
+
+  Takes effect only before the process compiles anything (JAX fixes the cache at first use).
+  """
+  if not cache_dir:
+    return
+  path = os.path.expanduser(cache_dir)
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
   quiet_orbax()
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  config = FLAGS.config
+  # Process set-up, before anything touches a device or compiles.
+  if config.multihost:
+    jax.distributed.initialize()
+  setup_compilation_cache(config.compilation_cache_dir, config.compilation_cache_min_secs)
+  train.train_and_evaluate(config, FLAGS.workdir)
   cli.emit(f"Done: results in {FLAGS.workdir}/results.json")
 
 

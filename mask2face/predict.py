@@ -233,7 +233,7 @@ def load_run(workdir, *, which: str = "best"):
   except (OSError, json.JSONDecodeError) as e:
     raise ValueError(f"{config_path}: cannot read the run's config ({e})") from e
   variables = checkpointing.restore_weights(workdir / "checkpoints", which=which)
-  return config, models.model_from_config(config), variables
+  return config, models.model_from_config(config, axis_name=None), variables
 
 
 # --- Files --------------------------------------------------------------------------------

@@ -4,17 +4,14 @@
 named by `config.model_name`, resumes from `workdir/checkpoints` when a previous run left one,
 trains with periodic validation, logging and checkpoints, then evaluates the test split and
 writes `workdir/results.json`. The step functions are pure, at module level, and written
-per device as under pmap (see `mask2face.parallel`).
+per device as under pmap (see `mask2face.parallel`). The host's records (early stopping,
+timing, metrics.jsonl, results.json) are `mask2face.bookkeeping`'s; process set-up
+(multi-host, compilation cache) is `mask2face.main`'s.
 """
 
-import dataclasses
 import functools
 import json
-import math
-import os
 import pathlib
-import platform
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -29,7 +26,7 @@ from absl import logging
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from mask2face import atomic, parallel
+from mask2face import atomic, bookkeeping, parallel
 from mask2face.checkpointing import Checkpointer
 
 AXIS = parallel.AXIS
@@ -50,33 +47,53 @@ class TrainState(flax.struct.PyTreeNode):
 # --- Building blocks. -------------------------------------------------------------------------
 
 
-def setup_compilation_cache(cache_dir: str, min_compile_secs: float = 1.0) -> None:
-  """Turns on JAX's persistent compilation cache so a rerun does not compile again.
+def create_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  """The 'data' mesh over every device of every host; the batch sizes must divide over it."""
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.batch_size, mesh)
+  eval_batch_size = config.eval_batch_size or config.batch_size
+  parallel.check_batch_size(eval_batch_size, mesh, what="eval_batch_size")
+  logging.info(
+    "%d devices (%s) on %d host(s); global batch %d.",
+    jax.device_count(),
+    jax.devices()[0].device_kind,
+    jax.process_count(),
+    config.batch_size,
+  )
+  return mesh
 
-  Takes effect only before the process compiles anything (JAX fixes the cache at first use).
+
+def create_input_pipelines(config: ml_collections.ConfigDict, workdir: pathlib.Path | None):
+  """This host's share of the data: (train iterator, split -> eval batches, train examples).
+
+  Each host reads only the examples its own devices train on. The train iterator is endless
+  and checkpointable (grain); `eval_batches(split)` is one pass with a padded last batch.
+  `workdir` (the main host's) receives `splits.json`.
   """
-  if not cache_dir:
-    return
-  path = os.path.expanduser(cache_dir)
-  os.makedirs(path, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  from mask2face.data import pipeline
+
+  prepared = pipeline.prepare_data(config.data, workdir=None if workdir is None else str(workdir))
+  num_train_examples = prepared.num_examples("train")  # Capped at data.max_examples.
+  n_hosts = jax.process_count()
+  shard = dict(shard_index=jax.process_index(), shard_count=n_hosts)
+  train_loader = pipeline.train_loader(
+    prepared, config.data, batch_size=config.batch_size // n_hosts, seed=config.seed, **shard
+  )
+  eval_batch_size = (config.eval_batch_size or config.batch_size) // n_hosts
+
+  def eval_batches(split: str):
+    return pipeline.eval_batches(prepared, config.data, split, batch_size=eval_batch_size, **shard)
+
+  return iter(train_loader), eval_batches, num_train_examples
 
 
-def build_model(config: ml_collections.ConfigDict, *, axis_name: str | None = AXIS):
-  """The model named by `config.model_name` with `config.model` as keyword arguments.
-
-  Models with BatchNorm get `axis_name` so their batch statistics are averaged over devices.
-  """
-  from mask2face import models
-
-  kwargs = dict(config.model.to_dict())
-  cls = models.MODELS.get(config.model_name)
-  fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else ()
-  if "axis_name" in fields:
-    kwargs["axis_name"] = axis_name
-  return models.get_model(config.model_name, **kwargs)
+def num_steps_per_epoch(num_train_examples: int, batch_size: int) -> int:
+  steps = num_train_examples // batch_size
+  if steps == 0:
+    raise ValueError(
+      f"the train split has {num_train_examples} examples, fewer than one batch of {batch_size}"
+    )
+  return steps
 
 
 def create_learning_rate_fn(config: ml_collections.ConfigDict, num_train_steps: int):
@@ -293,136 +310,13 @@ def image_grid(masked, pred, target, rows: int) -> np.ndarray:
   return np.round(np.clip(np.concatenate(triplets, axis=0), 0, 1) * 255).astype(np.uint8)
 
 
-def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-  atomic.write_json(path, obj, sort_keys=True, default=_json_default)
-
-
-def _json_default(x):
-  if isinstance(x, np.generic | np.ndarray | jax.Array):
-    return np.asarray(x).tolist()
-  return str(x)
-
-
-class MetricsLog:
-  """`workdir/metrics.jsonl`: one JSON object per logged step, read by notebooks with pandas."""
-
-  def __init__(self, path: pathlib.Path, *, resume_step: int, enabled: bool = True):
-    self.path = path
-    self.enabled = enabled
-    if enabled and path.exists():
-      # Lines past the resumed checkpoint describe steps that will be trained again: drop them.
-      kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= resume_step
-      ]
-      tmp = path.with_name(path.name + ".tmp")
-      tmp.write_text("".join(line + "\n" for line in kept))
-      os.replace(tmp, path)
-
-  def write(self, step: int, values: Mapping[str, Any]) -> None:
-    if not self.enabled:
-      return
-    record = {"step": int(step), **{k: _to_python(v) for k, v in values.items()}}
-    with self.path.open("a") as f:
-      f.write(json.dumps(record) + "\n")
-
-
-def _to_python(v):
-  v = np.asarray(v)
-  return v.item() if v.ndim == 0 else v.tolist()
-
-
-def git_commit() -> str:
-  try:
-    out = subprocess.run(
-      ["git", "rev-parse", "HEAD"],
-      cwd=pathlib.Path(__file__).resolve().parent,
-      capture_output=True,
-      text=True,
-      timeout=10,
-      check=True,
-    )
-    return out.stdout.strip() or "unknown"
-  except (OSError, subprocess.SubprocessError):
-    return "unknown"
-
-
-class StepClock:
-  """Seconds spent training, with compilation, evaluation and checkpointing left out."""
-
-  def __init__(self):
-    self.steps, self.secs = 0, 0.0  # Since the last `take_interval`.
-    self.total_steps, self.total_secs = 0, 0.0  # Before the last `take_interval`.
-    self._since: float | None = time.time()
-
-  def _lap(self) -> None:
-    if self._since is not None:
-      now = time.time()
-      self.secs += now - self._since
-      self._since = now
-
-  def restart(self) -> float:
-    """Forgets the time so far (the first step: compilation) and returns it."""
-    self._lap()
-    dt, self.secs, self.steps = self.secs, 0.0, 0
-    return dt
-
-  def pause(self, state=None) -> None:
-    if state is not None:
-      jax.block_until_ready(state)  # Work dispatched before the pause belongs to training.
-    self._lap()
-    self._since = None
-
-  def resume(self) -> None:
-    self._since = time.time()
-
-  def take_interval(self) -> tuple[int, float]:
-    """(steps, seconds) since the previous call."""
-    self._lap()
-    out = (self.steps, self.secs)
-    self.total_steps += self.steps
-    self.total_secs += self.secs
-    self.steps, self.secs = 0, 0.0
-    return out
-
-  def totals(self) -> tuple[int, float]:
-    """(steps, seconds) since the clock started."""
-    self._lap()
-    return self.total_steps + self.steps, self.total_secs + self.secs
-
-
-def _add(a, b):
-  return tuple(x + y for x, y in zip(a, b))
-
-
-def _format_secs(secs: float) -> str:
-  secs = int(max(secs, 0))
-  return f"{secs // 3600}:{secs % 3600 // 60:02d}:{secs % 60:02d}"
-
-
-def _improved(value: float, best: float | None, mode: str) -> bool:
-  if not math.isfinite(value):
-    return False
-  if best is None:
-    return True
-  return value < best if mode == "min" else value > best
-
-
-def num_steps_per_epoch(num_train_examples: int, batch_size: int) -> int:
-  steps = num_train_examples // batch_size
-  if steps == 0:
-    raise ValueError(
-      f"the train split has {num_train_examples} examples, fewer than one batch of {batch_size}"
-    )
-  return steps
-
-
 # --- The job. --------------------------------------------------------------------------------
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint), then tests it.
+
+  The caller sets up the process first (`mask2face.main`: multi-host, compilation cache).
 
   Args:
     config: a config from `configs/` (see configs/common.py for every field).
@@ -433,67 +327,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """
   from clu import metric_writers, periodic_actions
 
-  from mask2face import losses
-  from mask2face.data import pipeline
+  from mask2face import losses, models
   from mask2face.data.masks import FAMILY_NAMES
   from mask2face.identity import IdentityScorer
 
   t_start = time.time()
-  if config.multihost:
-    jax.distributed.initialize()
-  setup_compilation_cache(config.compilation_cache_dir, config.compilation_cache_min_secs)
   workdir = pathlib.Path(workdir).expanduser()
   is_main = jax.process_index() == 0
   workdir.mkdir(parents=True, exist_ok=True)
   if is_main:
-    write_json_atomic(workdir / "config.json", json.loads(config.to_json_best_effort()))
+    bookkeeping.write_json_atomic(workdir / "config.json", json.loads(config.to_json_best_effort()))
 
-  mesh = parallel.make_mesh()
-  n_hosts, host = jax.process_count(), jax.process_index()
-  parallel.check_batch_size(config.batch_size, mesh)
-  eval_batch_size = config.eval_batch_size or config.batch_size
-  parallel.check_batch_size(eval_batch_size, mesh, what="eval_batch_size")
-  logging.info(
-    "%d devices (%s) on %d host(s); global batch %d.",
-    jax.device_count(),
-    jax.devices()[0].device_kind,
-    n_hosts,
-    config.batch_size,
+  mesh = create_mesh(config)
+  train_iter, eval_batches, num_train_examples = create_input_pipelines(
+    config, workdir if is_main else None
   )
-
-  # Data: each host reads only the examples its own devices train on.
-  prepared = pipeline.prepare_data(config.data, workdir=str(workdir) if is_main else None)
-  num_train_examples = len(prepared.splits["train"])
-  if config.data.max_examples:  # The pipeline caps every split at this many examples.
-    num_train_examples = min(num_train_examples, config.data.max_examples)
   steps_per_epoch = num_steps_per_epoch(num_train_examples, config.batch_size)
   num_train_steps = config.num_train_steps
   if num_train_steps <= 0:
     num_train_steps = config.num_epochs * steps_per_epoch
   eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
-  train_iter = iter(
-    pipeline.train_loader(
-      prepared,
-      config.data,
-      batch_size=config.batch_size // n_hosts,
-      seed=config.seed,
-      shard_index=host,
-      shard_count=n_hosts,
-    )
-  )
 
-  def eval_split(split):
-    return pipeline.eval_batches(
-      prepared,
-      config.data,
-      split,
-      batch_size=eval_batch_size // n_hosts,
-      shard_index=host,
-      shard_count=n_hosts,
-    )
-
-  # Model, optimizer, state.
-  model = build_model(config)
+  model = models.model_from_config(config)
   tx, lr_fn = create_optimizer(config, num_train_steps)
   size = config.data.image_size
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), (1, size, size, 3), mesh)
@@ -509,10 +364,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     best_metric=config.best_metric,
     best_mode=config.best_mode,
   )
-  meta = {"best_value": None, "best_step": None, "evals_since_best": 0}
+  rule = dict(mode=config.best_mode, patience=config.early_stopping_patience)
+  progress = bookkeeping.RunProgress(**rule)
   restored = ckpt.restore_latest(state, train_iter)
   if restored is not None:
-    state, train_iter, meta = restored
+    state, train_iter, saved = restored
+    progress = bookkeeping.RunProgress.from_json(saved, **rule)
     logging.info("Resumed from %s at step %d.", ckpt.directory, int(state.step))
   elif config.init_checkpoint:
     state = Checkpointer.load_weights(config.init_checkpoint, state)
@@ -524,7 +381,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   p_eval_step = make_eval_step(model, loss_fn, mesh)
 
   writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_main)
-  jsonl = MetricsLog(workdir / "metrics.jsonl", resume_step=start_step, enabled=is_main)
+  jsonl = bookkeeping.MetricsLog(workdir / "metrics.jsonl", resume_step=start_step, enabled=is_main)
   images_dir = workdir / "images"
   if is_main:
     images_dir.mkdir(exist_ok=True)
@@ -534,17 +391,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   report = periodic_actions.ReportProgress(
     num_train_steps=num_train_steps, writer=writer, every_steps=config.log_every_steps
   )
+  run_evaluation = functools.partial(
+    evaluate, p_eval_step, mesh=mesh, family_names=FAMILY_NAMES, num_images=config.num_image_grid
+  )
 
-  def run_eval(step):
+  def validate(step: int) -> dict[str, float]:
+    """Evaluates the validation split; logs its metrics and image grid at `step`."""
     with report.timed("eval"):
-      result, _, grid = evaluate(
-        p_eval_step,
-        state,
-        eval_split("validation"),
-        mesh,
-        family_names=FAMILY_NAMES,
-        num_images=config.num_image_grid,
-      )
+      result, _, grid = run_evaluation(state, eval_batches("validation"))
     scalars = {f"eval_{k}": v for k, v in result.items() if "/" not in k}
     writer.write_scalars(step, scalars)
     jsonl.write(step, scalars)
@@ -553,155 +407,90 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       writer.write_images(step, {"eval_masked_pred_target": grid[None]})
     return scalars
 
-  # The loop. The host only waits on the device for the previous step's finite flag (so the
-  # NaN guard names the exact step) and when it logs. `clock` counts training time only:
-  # compilation (the first step), evaluation and checkpointing are left out of img/s.
+  # The loop. `clock` counts training time only: compilation (the first step), evaluation and
+  # checkpointing are left out of img/s.
   logging.info(
     "Training steps %d..%d (%d per epoch).", start_step + 1, num_train_steps, steps_per_epoch
   )
-  clock = StepClock()
-  base_timing = (meta.get("timed_steps", 0), meta.get("train_secs", 0.0))  # Earlier runs.
-  pending_metrics: list[dict[str, jax.Array]] = []
-  prev_finite = None
-  first_step_secs = None
-  stopped_early = False
-  step = start_step
-  if meta.get("stopped_early"):
+  if progress.stopped_early:
     # A rerun of a run that stopped early: training is over, only the test is left to redo.
-    logging.info("The run stopped early at step %d; not training further.", step)
-    stopped_early = True
-  while step < num_train_steps and not stopped_early:
+    logging.info("The run stopped early at step %d; not training further.", start_step)
+  clock = bookkeeping.StepClock(progress.timed_steps, progress.train_secs)
+  pending: list[tuple[int, dict[str, jax.Array]]] = []  # (step, metrics) not yet logged.
+  step = start_step
+  while step < num_train_steps and not progress.stopped_early:
     with jax.profiler.StepTraceAnnotation("train", step_num=step + 1):
       batch = parallel.shard_batch(next(train_iter), mesh)
       state, step_metrics = p_train_step(state, batch)
     step += 1
-    if prev_finite is not None and not bool(prev_finite[1]):
-      raise FloatingPointError(f"non-finite loss or gradient at step {prev_finite[0]}")
-    prev_finite = (step, step_metrics["train_finite"])
-    pending_metrics.append(step_metrics)
-    if first_step_secs is None:
-      jax.block_until_ready(state.step)
-      first_step_secs = clock.restart()
-      logging.info("First step (compilation included) took %.1f s.", first_step_secs)
-    else:
-      clock.steps += 1
+    pending.append((step, step_metrics))
+    clock.tick(state.step)
     report(step)
 
     last = step == num_train_steps
-    if step % config.log_every_steps == 0 or last:
-      fetched = jax.device_get(pending_metrics)
-      pending_metrics = []
-      finite = [bool(m["train_finite"]) for m in fetched]
-      if not all(finite):
-        bad = step - len(fetched) + 1 + finite.index(False)
-        raise FloatingPointError(f"non-finite loss or gradient at step {bad}")
-      scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-      del scalars["train_finite"]
+    log_now = step % config.log_every_steps == 0 or last
+    evaluate_now = step % eval_every == 0 or last
+    save_now = step % config.checkpoint_every_steps == 0 or last or ckpt.reached_preemption(step)
+    # NaN guard, naming the first bad step: the host waits for the previous step's flag (the
+    # device stays a step ahead), and for this one's before it logs, evaluates or saves.
+    unchecked = pending[-2:] if log_now or evaluate_now or save_now else pending[-2:-1]
+    for checked_step, m in unchecked:
+      if not bool(m["train_finite"]):
+        raise FloatingPointError(f"non-finite loss or gradient at step {checked_step}")
+
+    if log_now:
+      fetched = jax.device_get([m for _, m in pending])
+      pending = []
+      scalars = {
+        k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != "train_finite"
+      }
       scalars["learning_rate"] = float(lr_fn(step - 1))
-      steps, secs = clock.take_interval()
-      if steps:
-        scalars["steps_per_sec"] = steps / secs
-        scalars["img_per_sec"] = steps * config.batch_size / secs
-        logging.info(
-          "step %d/%d: loss %.4f, %.1f img/s, %.2f steps/s, ETA %s",
-          step,
-          num_train_steps,
-          scalars["train_loss"],
-          scalars["img_per_sec"],
-          scalars["steps_per_sec"],
-          _format_secs((num_train_steps - step) * secs / steps),
-        )
+      scalars.update(clock.take_rates(config.batch_size))
+      bookkeeping.log_progress(step, num_train_steps, scalars)
       writer.write_scalars(step, scalars)
       jsonl.write(step, scalars)
 
-    evaluate_now = step % eval_every == 0 or last
-    save_now = step % config.checkpoint_every_steps == 0 or last or ckpt.reached_preemption(step)
-    if (evaluate_now or save_now) and not bool(step_metrics["train_finite"]):
-      # Never evaluate or checkpoint a broken state.
-      raise FloatingPointError(f"non-finite loss or gradient at step {step}")
     if evaluate_now:
-      clock.pause(state)
-      evaluated = run_eval(step)
-      value = float(evaluated[config.best_metric])
-      if _improved(value, meta["best_value"], config.best_mode):
-        meta.update(best_value=value, best_step=step, evals_since_best=0)
-        ckpt.save_best(step, state, metrics={config.best_metric: value}, meta=meta)
-      else:
-        meta["evals_since_best"] += 1
-      patience = config.early_stopping_patience
-      if patience > 0 and meta["evals_since_best"] >= patience:
-        logging.info(
-          "Early stopping at step %d: %s has not improved for %d evaluations (best %.5g at %d).",
-          step,
-          config.best_metric,
-          patience,
-          meta["best_value"],
-          meta["best_step"],
-        )
-        stopped_early = meta["stopped_early"] = True
-      clock.resume()
-    if save_now or stopped_early:
-      clock.pause(state)
-      meta["timed_steps"], meta["train_secs"] = _add(base_timing, clock.totals())
-      ckpt.save(step, state, train_iter, meta=meta)
-      clock.resume()
-    if stopped_early:
-      break
-  meta["timed_steps"], meta["train_secs"] = _add(base_timing, clock.totals())
+      with clock.paused(state):
+        value = float(validate(step)[config.best_metric])
+        if progress.record(step, value):
+          ckpt.save_best(step, state, metrics={config.best_metric: value}, meta=progress.to_json())
+      if progress.should_stop():
+        progress.stopped_early = True
+        logging.info("Early stopping at step %d: %s", step, progress.summary(config.best_metric))
+    if save_now or progress.stopped_early:
+      with clock.paused(state):
+        progress.timed_steps, progress.train_secs = clock.totals()
+        ckpt.save(step, state, train_iter, meta=progress.to_json())
+  progress.timed_steps, progress.train_secs = clock.totals()
 
   # The test split, with the best weights when validation picked some.
   test_state = state
-  if meta.get("best_step") is not None:
+  if progress.best_step is not None:
     test_state = ckpt.restore_best(state) or state
   identity = (
-    IdentityScorer(fallback_margin=config.data.margin) if (config.identity_metric) else None
+    IdentityScorer(fallback_margin=config.data.margin) if config.identity_metric else None
   )
-  test_result, baseline_result, grid = evaluate(
-    p_eval_step,
-    test_state,
-    eval_split("test"),
-    mesh,
-    family_names=FAMILY_NAMES,
-    identity_scorer=identity,
-    num_images=config.num_image_grid,
+  test_result, baseline_result, grid = run_evaluation(
+    test_state, eval_batches("test"), identity_scorer=identity
   )
   writer.write_scalars(step, {f"test_{k}": v for k, v in test_result.items() if "/" not in k})
   writer.flush()
   ckpt.close()
-  timed_steps, train_secs = meta["timed_steps"], meta["train_secs"]
-  results = {
-    "config_name": config.name,
-    "architecture": config.model_name,
-    "model": config.model.to_dict(),
-    "num_params": num_params,
-    "test": test_result,
-    "baseline": baseline_result,
-    "test_checkpoint_step": meta.get("best_step") or step,
-    "best_metric": {config.best_metric: meta.get("best_value")},
-    "steps": step,
-    "stopped_early": stopped_early,
-    "num_train_examples": num_train_examples,
-    "wall_secs": time.time() - t_start,
-    "train_secs": train_secs,
-    "first_step_secs": first_step_secs,
-    # Over every run of this workdir, first steps (compilation) left out.
-    "img_per_sec": timed_steps * config.batch_size / train_secs if train_secs > 0 else None,
-    "steps_per_sec": timed_steps / train_secs if train_secs > 0 else None,
-    "device_kind": jax.devices()[0].device_kind,
-    "device_count": jax.device_count(),
-    "process_count": n_hosts,
-    "platform": platform.node(),
-    "git_commit": git_commit(),
-  }
+  results = bookkeeping.results_record(
+    config,
+    progress,
+    steps=step,
+    num_params=num_params,
+    num_train_examples=num_train_examples,
+    test=test_result,
+    baseline=baseline_result,
+    wall_secs=time.time() - t_start,
+    first_step_secs=clock.first_step_secs,
+  )
   if is_main:
     if grid is not None:
       atomic.write_image(images_dir / "test.png", grid)
-    write_json_atomic(workdir / "results.json", results)
-  logging.info(
-    "Test: masked PSNR %.2f dB (masked input %.2f dB), PSNR %.2f dB, SSIM %.4f.",
-    test_result.get("masked_psnr", float("nan")),
-    baseline_result.get("masked_psnr", float("nan")),
-    test_result.get("psnr", float("nan")),
-    test_result.get("ssim", float("nan")),
-  )
+    bookkeeping.write_json_atomic(workdir / "results.json", results)
+  bookkeeping.log_results(results)
   return state

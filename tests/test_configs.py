@@ -9,7 +9,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from mask2face import train
+from mask2face import models, train
 from mask2face.models import MODELS
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -56,7 +56,7 @@ def test_runlocal_shrinks(name):
 def test_model_builds_from_runlocal_config(name):
   config = load(name, "runlocal")
   # No device axis outside the trainer's shard_map: BatchNorm statistics stay local here.
-  model = train.build_model(config, axis_name=None)
+  model = models.model_from_config(config, axis_name=None)
   size = config.data.image_size
   x = jnp.zeros((2, size, size, 3))
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
@@ -78,7 +78,7 @@ def test_upstream_config_reproduces_the_article():
   assert (config.batch_size, config.learning_rate, config.schedule) == (12, 1e-4, "constant")
   assert (config.num_epochs, config.early_stopping_patience) == (20, 5)
   assert config.loss.name == "upstream_ssim_mse"
-  model = train.build_model(config)
+  model = models.model_from_config(config)
   x = jnp.zeros((1, 256, 256, 3))
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
   # Upstream's logged parameter count for this width and kernel table.
@@ -118,7 +118,7 @@ def test_locked_config_takes_an_upsample_override(name):
   assert load(name).model.upsample == MODELS[name].upsample  # The model's own default.
   config = fv.config
   assert config.model.upsample == "transpose"
-  model = train.build_model(config, axis_name=None)
+  model = models.model_from_config(config, axis_name=None)
   x = jnp.zeros((1, config.data.image_size, config.data.image_size, 3))
   params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))["params"]
   names = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}

@@ -269,7 +269,7 @@ def test_runner_skips_complete_resumes_interrupted_and_reports_failures(fake_set
     record = json.loads((root / point.name / "point.json").read_text())
     assert record["attempts"] == 2
     assert record["config"] == "configs/resnet_unet.py" and record["seed"] == point.seed
-    assert record["overrides"] == {"loss.name": "mae"} and record["commit"]
+    assert record["overrides"] == {"loss.name": "mae"} and record["git_commit"]
     assert f"--workdir={root / point.name}" in record["command"]
     assert (root / point.name / "run.log").read_text().count("===") == 2
   last = read_calls()[-3]["argv"]

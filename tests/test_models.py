@@ -189,9 +189,13 @@ def test_model_from_config_matches_get_model():
   config.model = ml_collections.ConfigDict(
     dict(dtype="bfloat16", variant="upstream", filters=[16, 32, 64, 128, 256], kernels=3)
   )
-  model = model_from_config(config, axis_name="data")
+  model = model_from_config(config)  # As the trainer builds it: BatchNorm averaged over 'data'.
   assert model.axis_name == "data" and model.filters == (16, 32, 64, 128, 256)
   assert _param_count(model) == 5_906_611
+  assert model_from_config(config, axis_name=None).axis_name is None  # Inference, export.
+  config.model_name = "unet3"
+  with pytest.raises(ValueError, match="valid names"):
+    model_from_config(config)
 
 
 def test_refine_unet_returns_coarse_output():

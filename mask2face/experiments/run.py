@@ -36,7 +36,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from mask2face import atomic, cli
+from mask2face import atomic, bookkeeping, cli
 from mask2face.experiments import grid as grid_lib
 
 TRAINER = (sys.executable, "-m", "mask2face.main")
@@ -302,22 +302,6 @@ def is_complete(workdir: pathlib.Path) -> bool:
   return (workdir / RESULTS_FILE).is_file()
 
 
-def git_commit() -> str:
-  """The checkout's commit, '-dirty' when it has uncommitted changes ('unknown' outside git)."""
-  try:
-    out = subprocess.run(
-      ["git", "describe", "--always", "--dirty", "--abbrev=40"],
-      cwd=grid_lib.REPO_ROOT,
-      capture_output=True,
-      text=True,
-      timeout=30,
-      check=True,
-    )
-  except (OSError, subprocess.SubprocessError):
-    return "unknown"
-  return out.stdout.strip() or "unknown"
-
-
 def write_point_json(
   workdir: pathlib.Path,
   point: grid_lib.Point,
@@ -350,7 +334,7 @@ def write_point_json(
       "env": dict(env or {}),
       "attempts": attempts + 1,
       # The trainer records its commit in results.json at the end; this covers failed runs.
-      "commit": git_commit(),
+      "git_commit": bookkeeping.git_commit(),
       "started": datetime.datetime.now().isoformat(timespec="seconds"),
     },
     sort_keys=True,

@@ -8,6 +8,7 @@ has the input's shape, float32 in [0, 1]; `aux` is a dict (empty, or `coarse`, `
 tests/test_models.py then checks it.
 """
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,7 @@ from mask2face.models.refine_unet import RefineUNet
 from mask2face.models.resnet_unet import ResNetUNet
 from mask2face.models.unet import UNet
 from mask2face.models.vae_unet import VAEUNet
+from mask2face.parallel import AXIS
 
 MODELS: dict[str, type[nn.Module]] = {
   "encoder_decoder": EncoderDecoder,
@@ -47,9 +49,16 @@ def get_model(name: str, /, **kwargs: Any) -> nn.Module:
     raise ValueError(f"model {name!r}: bad keyword arguments {sorted(kwargs)}: {e}") from e
 
 
-def model_from_config(config: Any, **overrides: Any) -> nn.Module:
-  """`get_model(config.model_name, **config.model, **overrides)` (e.g. axis_name='data')."""
+def model_from_config(config: Any, *, axis_name: str | None = AXIS, **overrides: Any) -> nn.Module:
+  """`get_model(config.model_name, **config.model, **overrides)`, as the trainer builds it.
+
+  Models with BatchNorm get `axis_name` (default: the trainer's device axis) so their batch
+  statistics are averaged over devices; pass None outside a device-parallel step.
+  """
   kwargs = config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)
+  cls = MODELS.get(config.model_name)  # An unknown name is get_model's error to report.
+  if dataclasses.is_dataclass(cls) and "axis_name" in {f.name for f in dataclasses.fields(cls)}:
+    kwargs["axis_name"] = axis_name
   kwargs.update(overrides)
   return get_model(config.model_name, **kwargs)
 

@@ -122,7 +122,7 @@ def main(argv: Sequence[str]) -> None:
   models = []
   if config is not None:
     label = f"{config.model_name} ({config.get('name', 'config')})"
-    models.append((label, model_from_config(config)))
+    models.append((label, model_from_config(config, axis_name=None)))
   for name in f.models:
     kwargs = {"dtype": f.dtype} if f.dtype else {}
     models.append((name, get_model(name, **kwargs)))
