@@ -468,9 +468,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   test_state = state
   if progress.best_step is not None:
     test_state = ckpt.restore_best(state) or state
-  identity = (
-    IdentityScorer(fallback_margin=config.data.margin) if config.identity_metric else None
-  )
+  identity = IdentityScorer(fallback_margin=config.data.margin) if config.identity_metric else None
   test_result, baseline_result, grid = run_evaluation(
     test_state, eval_batches("test"), identity_scorer=identity
   )
