@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from absl import flags
 
-from configs import common
-from mask2face import landmarks
+from mask2face import config_files, landmarks
 from mask2face.data import crop, images, masks, pipeline, sources, splits
 
+COMMON_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "common.py"
 SIZE = 32
 NUM_PEOPLE = 8
 
@@ -46,7 +46,7 @@ def landmark_cache(face_folder, tmp_path_factory):
 
 
 def _data_config(face_folder, landmark_cache, **overrides):
-  config = common.get_config().data
+  config = config_files.load(COMMON_CONFIG).data
   config.source = str(face_folder)
   config.landmarks_cache = str(landmark_cache)
   config.image_size = SIZE
