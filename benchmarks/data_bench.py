@@ -18,9 +18,11 @@ import cv2
 import numpy as np
 from absl import app, flags
 
-from configs import common
+from mask2face import config_files
 from mask2face.data import images, pipeline
 from mask2face.data.landmarks import LandmarkDetector
+
+COMMON_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "common.py"
 
 _DATA = flags.DEFINE_string("data", "../shared/data", "The shared data folder.")
 _FOLDERS = flags.DEFINE_list("folders", ["lfw_gray", "faces_color"], "Sub-folders to time.")
@@ -60,7 +62,7 @@ def pairs_per_second(found, options, repeats) -> float:
 def main(argv):
   del argv
   cv2.setNumThreads(1)
-  base = pipeline.PairOptions.from_config(common.get_config().data)
+  base = pipeline.PairOptions.from_config(config_files.load(COMMON_CONFIG).data)
   rows = []
   for name in _FOLDERS.value:
     found, faces_per_s = landmark_photos(_photos(pathlib.Path(_DATA.value) / name, _NUM.value))

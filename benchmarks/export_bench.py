@@ -7,9 +7,7 @@ Weights are random unless --checkpoint is given: size and latency do not depend 
 values. Latency is the median over --runs single-image invocations after one warm-up.
 """
 
-import importlib.util
 import pathlib
-import sys
 import tempfile
 import time
 
@@ -18,24 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from mask2face import export, models
+from mask2face import config_files, export, models
 
 _CONFIGS = flags.DEFINE_list("configs", ["configs/unet.py"], "Config files (path[:arg]).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "", "A training workdir instead of --configs.")
 _SIZE = flags.DEFINE_integer("size", 0, "Override config.data.image_size (0 = keep).")
 _RUNS = flags.DEFINE_integer("runs", 10, "Timed single-image runs per model.")
 _THREADS = flags.DEFINE_integer("threads", 2, "TFLite interpreter threads.")
-
-
-def load_config(spec: str):
-  """`get_config(arg)` of a config file given as `path[:arg]`."""
-  # Config files import `configs.common`: make the repo root importable from this script.
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
 
 
 def median_ms(fn, runs: int) -> float:
@@ -85,7 +72,7 @@ def main(argv):
     jobs.append((_CHECKPOINT.value, model, variables, _SIZE.value or size))
   else:
     for spec in _CONFIGS.value:
-      config = load_config(spec)
+      config = config_files.load(spec)
       size = _SIZE.value or config.data.image_size
       model = models.model_from_config(config, axis_name=None)
       variables = model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)

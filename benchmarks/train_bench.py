@@ -23,6 +23,7 @@ import time
 from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# Run as a script (sys.path[0] is benchmarks/): this checkout's mask2face, installed or not.
 sys.path.insert(0, str(REPO))
 
 FLAGS = flags.FLAGS
@@ -45,12 +46,11 @@ flags.DEFINE_string("_cache_dir", "", "Internal: the probe's persistent compilat
 
 
 def load_config(name):
-  import importlib.util
+  """`configs/<name>.py` (`:runlocal` under --runlocal), resized by the flags."""
+  from mask2face import config_files
 
-  spec = importlib.util.spec_from_file_location(f"_cfg_{name}", REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("runlocal" if FLAGS.runlocal else None)
+  arg = ":runlocal" if FLAGS.runlocal else ""
+  config = config_files.load(f"{REPO / 'configs' / name}.py{arg}")
   config.data.image_size = FLAGS.size
   config.batch_size = FLAGS.batch
   config.model.dtype = FLAGS.dtype

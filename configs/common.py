@@ -1,8 +1,10 @@
 """Settings shared by every mask2face configuration.
 
-Each architecture config (`configs/<name>.py`) imports this file, overrides a few fields and
-returns the result. The argument string after the config path (`--config=configs/unet.py:runlocal`)
-is parsed by `parse_arg`; `runlocal` shrinks everything so a run finishes in minutes on a CPU.
+Each architecture config (`configs/<name>.py`) loads this file by path
+(`common = config_files.sibling(__file__, "common")`, so configs load from any directory),
+overrides a few fields and returns the result. The argument string after the config path
+(`--config=configs/unet.py:runlocal`) is parsed by `parse_arg`; `runlocal` shrinks everything
+so a run finishes in minutes on a CPU.
 """
 
 import pathlib
@@ -87,7 +89,7 @@ def get_config(arg=None):
   config.loss.unmasked_weight = 1.0
 
   # --- Optimizer. ----------------------------------------------------------------------------
-  config.optimizer = "adam"  # adam | adamw
+  config.optimizer = "adam"  # adam | adamw | sgd
   config.learning_rate = 1e-4
   config.schedule = "constant"  # constant | warmup_cosine
   config.warmup_steps = 0

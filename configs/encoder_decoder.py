@@ -6,7 +6,10 @@ python -m mask2face.main --config=configs/encoder_decoder.py --workdir=/tmp/mask
 python -m mask2face.main --config=configs/encoder_decoder.py:runlocal --workdir=/tmp/m2f/ed
 """
 
-from configs import common, unet
+from mask2face import config_files
+
+common = config_files.sibling(__file__, "common")
+unet = config_files.sibling(__file__, "unet")
 
 
 def get_config(arg=None):

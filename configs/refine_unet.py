@@ -7,7 +7,10 @@ python -m mask2face.main --config=configs/refine_unet.py --workdir=/tmp/mask2fac
 python -m mask2face.main --config=configs/refine_unet.py:runlocal --workdir=/tmp/m2f/refine
 """
 
-from configs import common, unet
+from mask2face import config_files
+
+common = config_files.sibling(__file__, "common")
+unet = config_files.sibling(__file__, "unet")
 
 
 def get_config(arg=None):

@@ -5,7 +5,9 @@ python -m mask2face.main --config=configs/resnet_unet.py --workdir=/tmp/mask2fac
 python -m mask2face.main --config=configs/resnet_unet.py:runlocal --workdir=/tmp/m2f/local
 """
 
-from configs import common
+from mask2face import config_files
+
+common = config_files.sibling(__file__, "common")
 
 
 def get_config(arg=None):

@@ -8,7 +8,9 @@ python -m mask2face.main --config=configs/unet.py --workdir=/tmp/mask2face/unet
 python -m mask2face.main --config=configs/unet.py:runlocal --workdir=/tmp/m2f/unet_local
 """
 
-from configs import common
+from mask2face import config_files
+
+common = config_files.sibling(__file__, "common")
 
 
 def get_config(arg=None):

@@ -8,7 +8,9 @@ validation once per epoch and early stopping after 5 epochs without improvement.
   python -m mask2face.main --config=configs/upstream_resnet_unet.py --workdir=/tmp/m2f/upstream
 """
 
-from configs import common
+from mask2face import config_files
+
+common = config_files.sibling(__file__, "common")
 
 
 def get_config(arg=None):

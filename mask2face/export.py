@@ -199,8 +199,8 @@ def run(checkpoint, fmt: str, out, *, which: str = "best") -> dict:
   return {"path": str(path), "format": fmt, "bytes": size, "max_abs_error": err}
 
 
-def _define_flags():
-  # Defined only when run as a script: importing this module must not claim flag names.
+def define_flags() -> None:
+  """The CLI's flags (defined only when run as a program, so importing this module is free)."""
   flags.DEFINE_string("checkpoint", None, "A training workdir (config.json inside).")
   flags.DEFINE_enum("format", "tflite", list(FORMATS), "Export format.")
   flags.DEFINE_string("out", None, "Output file (tflite, stablehlo) or folder (savedmodel).")
@@ -219,5 +219,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(main)

@@ -22,7 +22,7 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results.json a
 config_flags.DEFINE_config_file(
   "config",
   None,
-  "A config file from configs/, optionally with an argument: configs/unet.py:runlocal",
+  "A config file (a path, from any folder), optionally with an argument: configs/unet.py:runlocal",
   lock_config=True,
 )
 flags.mark_flags_as_required(["config", "workdir"])

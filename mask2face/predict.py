@@ -317,7 +317,8 @@ def unmask_files(unmasker: Unmasker, input_path, output_dir, *, progress: bool =
   return reports
 
 
-def summarize(reports: list[dict]) -> str:
+def format_reports(reports: list[dict]) -> str:
+  """A few lines for the CLI: counts over the per-file reports, then every skipped file."""
   written = sum(bool(r["output"]) for r in reports)
   found = sum(r["faces_found"] for r in reports)
   unmasked = sum(r["faces_unmasked"] for r in reports)
@@ -350,8 +351,8 @@ def run(
   return reports
 
 
-def _define_flags():
-  # Defined only when run as a script: importing this module must not claim flag names.
+def define_flags() -> None:
+  """The CLI's flags (defined only when run as a program, so importing this module is free)."""
   flags.DEFINE_string("checkpoint", None, "A training workdir (config.json inside).")
   flags.DEFINE_string("input", None, "A photo or a folder of photos.")
   flags.DEFINE_string("output", None, "Output folder (same names and formats).")
@@ -377,10 +378,10 @@ def main(argv):
     fallbacks=f.fallbacks,
     batch_size=f.batch_size,
   )
-  cli.emit(summarize(reports))
+  cli.emit(format_reports(reports))
   cli.emit(f"Report: {pathlib.Path(f.output) / 'report.json'} ({time.time() - start:.1f} s)")
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(main)

@@ -1,4 +1,5 @@
-"""Shared test fixtures: where the real face data lives, and the two faces shipped in wheels.
+"""Shared test fixtures: where the real face data lives, the two faces shipped in wheels, and a
+subprocess environment without the checkout root on the path.
 
 Tests that need `../shared/data` find it through `MASK2FACE_SHARED_DATA` (set by `.ci/run`),
 falling back to `../shared/data` beside the checkout, and skip with a clear reason when it
@@ -48,3 +49,20 @@ def grace_hopper() -> np.ndarray:
 
   with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
     return np.asarray(Image.open(f).convert("RGB"), dtype=np.uint8)
+
+
+@pytest.fixture(scope="session")
+def package_only_env(tmp_path_factory) -> dict[str, str]:
+  """A subprocess environment that imports this checkout's `mask2face` but not its `configs/`.
+
+  As for an installed package run from another folder: `mask2face` comes from a folder that
+  holds only a link to the package, and the checkout root is left off PYTHONPATH.
+  """
+  site = tmp_path_factory.mktemp("site")
+  (site / "mask2face").symlink_to(REPO_ROOT / "mask2face", target_is_directory=True)
+  kept = [
+    p
+    for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if p and pathlib.Path(p).resolve() != REPO_ROOT
+  ]
+  return dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), *kept]))

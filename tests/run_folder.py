@@ -5,16 +5,20 @@ layout is train.py's (see mask2face/checkpointing.py); tests/test_end_to_end.py 
 really trained run loads the same way, so this copy cannot drift unnoticed.
 """
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from configs import common
+from mask2face import config_files
 from mask2face.train import TrainState
+
+COMMON_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "common.py"
 
 
 def write_run_folder(workdir, variables, *, model_name, model_kwargs, size, step=7):
-  config = common.get_config()
+  config = config_files.load(COMMON_CONFIG, lock_config=False)  # Model kwargs are new fields.
   config.model_name = model_name
   for key, value in model_kwargs.items():
     config.model[key] = value

@@ -1,7 +1,9 @@
 """Every config loads, `runlocal` shrinks it, and its model builds from `config.model`."""
 
-import importlib.util
+import json
 import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -9,19 +11,18 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from mask2face import models, train
+from mask2face import config_files, models, train
+from mask2face.data import pipeline
 from mask2face.models import MODELS
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
-ARCH_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("common",))
+ALL_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py"))
+ARCH_CONFIGS = [name for name in ALL_CONFIGS if name != "common"]
 
 
 def load(name, arg=None):
-  """Loads configs/<name>.py by path, as config_flags does."""
-  spec = importlib.util.spec_from_file_location(f"_cfg_{name}", CONFIG_DIR / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg is not None else module.get_config()
+  """`configs/<name>.py[:arg]`, as main.py's --config gives it."""
+  return config_files.load(f"{CONFIG_DIR / name}.py" + (f":{arg}" if arg is not None else ""))
 
 
 def test_every_architecture_has_a_config():
@@ -134,3 +135,93 @@ def test_small_unet_family_shares_the_unet_recipe():
       assert config[key] == base[key], (name, key)
     for key in ("filters", "kernels", "norm", "upsample"):
       assert config.model[key] == base.model[key], (name, key)
+
+
+@pytest.mark.parametrize("arg", [None, "runlocal", "", "runlocal,size=32"])
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_loader_gives_what_the_config_flag_gives(name, arg):
+  spec = f"{CONFIG_DIR / name}.py" + (f":{arg}" if arg is not None else "")
+  fv = flags.FlagValues()
+  argv = ["prog", f"--config={spec}"]
+  config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
+  fv(argv)
+  loaded = config_files.load(spec)
+  assert loaded.to_dict() == fv.config.to_dict()
+  assert loaded.is_locked and fv.config.is_locked
+  assert not config_files.load(spec, lock_config=False).is_locked
+
+
+def test_sibling_loads_a_fresh_copy_beside_the_config(tmp_path, monkeypatch):
+  (tmp_path / "base.py").write_text("VALUES = []\n\ndef get_config(arg=None):\n  return VALUES\n")
+  (tmp_path / "child.py").write_text(
+    "from mask2face import config_files\n\n"
+    "base = config_files.sibling(__file__, 'base')\n\n"
+    "def get_config(arg=None):\n  base.VALUES.append(arg)\n  return base.get_config()\n"
+  )
+  monkeypatch.chdir(tmp_path.parent)  # A relative path, from another folder.
+  spec = f"{tmp_path.name}/child.py"
+  assert config_files.load(f"{spec}:x") == ["x"]
+  assert config_files.load(spec) == [None]  # Executed again: nothing shared between loads.
+  with pytest.raises(FileNotFoundError):
+    config_files.load(f"{tmp_path.name}/missing.py")
+
+
+def test_pair_defaults_are_the_common_config_data():
+  # The pair CLIs take their defaults from PairOptions (library code never imports configs/).
+  assert pipeline.PairOptions() == pipeline.PairOptions.from_config(load("common").data)
+
+
+LOAD_FROM_ANYWHERE = """
+import importlib.util, json, sys
+from absl import flags
+from mask2face import config_files
+
+assert importlib.util.find_spec("configs") is None, "configs/ must not be importable here"
+sizes = {spec: config_files.load(spec).data.image_size for spec in sys.argv[1].split(";")}
+from mask2face import main  # Defines main.py's --config and --workdir, reading sys.argv.
+
+flags.FLAGS(sys.argv[:1] + sys.argv[2:])
+config = flags.FLAGS.config
+print(json.dumps({"sizes": sizes, "main": [config.name, config.data.image_size, config.batch_size]}))
+"""
+
+
+def test_configs_load_by_path_from_any_folder(tmp_path, package_only_env):
+  # From a folder where the top-level `configs` package cannot be imported, as for a user
+  # of an installed mask2face: each config, and those built on other configs, load by path.
+  specs = [f"{CONFIG_DIR / name}.py" for name in ALL_CONFIGS]
+  specs += [f"{CONFIG_DIR / name}.py:runlocal" for name in ARCH_CONFIGS]
+  unet = f"{CONFIG_DIR / 'unet.py'}:runlocal"
+  args = [";".join(specs), f"--config={unet}", f"--workdir={tmp_path}", "--config.batch_size=3"]
+  out = subprocess.run(
+    [sys.executable, "-c", LOAD_FROM_ANYWHERE, *args],
+    cwd=tmp_path,
+    env=package_only_env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["sizes"] == {spec: config_files.load(spec).data.image_size for spec in specs}
+  assert set(result["sizes"].values()) == {64, 256}  # runlocal shrinks the images.
+  assert result["main"] == ["unet", 64, 3]
+
+  # The real command line: --helpfull exits (absl: status 1) after the config has parsed.
+  help_run = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "mask2face.main",
+      f"--config={unet}",
+      f"--workdir={tmp_path}",
+      "--helpfull",
+    ],
+    cwd=tmp_path,
+    env=package_only_env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert "Traceback" not in help_run.stderr, help_run.stderr[-3000:]
+  assert "--workdir" in help_run.stdout + help_run.stderr

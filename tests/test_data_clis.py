@@ -1,16 +1,17 @@
-"""End-to-end tests of the export and preview CLIs on a tiny folder with a bad file."""
+"""End-to-end tests of the pair export and preview CLIs on a tiny folder with a bad file."""
 
 import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from mask2face.data import export, pipeline, preview, sources
+from mask2face.data import export_pairs, pipeline, preview, sources
 
 SIZE = 32
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -33,11 +34,11 @@ def tiny_folder(shared_data, tmp_path_factory):
   return root
 
 
-def _run(module, *args):
-  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+def _run(module, *args, cwd=REPO_ROOT, env=None):
+  env = env or dict(os.environ, PYTHONPATH=str(REPO_ROOT))
   result = subprocess.run(
     [sys.executable, "-m", module, *args],
-    cwd=REPO_ROOT,
+    cwd=cwd,
     env=env,
     capture_output=True,
     text=True,
@@ -54,7 +55,11 @@ def _read(path):
 def test_export_writes_pairs_and_reports_bad_files(tiny_folder, tmp_path):
   out = tmp_path / "pairs"
   stdout = _run(
-    "mask2face.data.export", f"--source={tiny_folder}", "--num=10", f"--out={out}", f"--size={SIZE}"
+    "mask2face.data.export_pairs",
+    f"--source={tiny_folder}",
+    "--num=10",
+    f"--out={out}",
+    f"--size={SIZE}",
   )
   names = {d: sorted(os.listdir(out / d)) for d in ("inputs", "outputs", "masks")}
   assert len(names["inputs"]) == 3 and names["inputs"] == names["outputs"] == names["masks"]
@@ -76,8 +81,45 @@ def test_export_writes_pairs_and_reports_bad_files(tiny_folder, tmp_path):
 def test_export_stops_at_num(tiny_folder, tmp_path):
   out = tmp_path / "two"
   options = pipeline.PairOptions(image_size=24)
-  tally = export.export(sources.get_source(str(tiny_folder)), options, out, num=2)
+  tally = export_pairs.write_pairs(sources.get_source(str(tiny_folder)), options, out, num=2)
   assert tally.counts["ok"] == 2 and len(os.listdir(out / "inputs")) == 2
+
+
+def test_export_takes_settings_from_a_config_by_path(tiny_folder, tmp_path, package_only_env):
+  # From a folder where `configs` cannot be imported: the config loads by its path, and its
+  # `config.data` sets the crop size (runlocal: 64 px) where no flag is given.
+  out = tmp_path / "pairs"
+  config = f"{REPO_ROOT / 'configs' / 'unet.py'}:runlocal"
+  args = [f"--config={config}", f"--source={tiny_folder}", "--num=1", f"--out={out}"]
+  stdout = _run("mask2face.data.export_pairs", *args, cwd=tmp_path, env=package_only_env)
+  assert "wrote 1 pairs" in stdout
+  (name,) = os.listdir(out / "inputs")
+  assert _read(out / "inputs" / name).shape == (64, 64, 3)
+
+
+def test_pair_options_from_flags_and_config():
+  class Flags:
+    """The two things `options_from_flags` reads: `f.config` and `f[name].value/.present`."""
+
+    def __init__(self, config="", **given):
+      self.config = config
+      defaults = pipeline.PairOptions()
+      self._flags = {
+        name: types.SimpleNamespace(
+          value=given.get(name, getattr(defaults, field)), present=int(name in given)
+        )
+        for name, field in export_pairs.OPTION_FLAGS.items()
+      }
+
+    def __getitem__(self, name):
+      return self._flags[name]
+
+  assert export_pairs.options_from_flags(Flags()) == pipeline.PairOptions()
+  assert export_pairs.options_from_flags(Flags(size=48)).image_size == 48
+  config = f"{REPO_ROOT / 'configs' / 'unet.py'}:runlocal"
+  from_config = export_pairs.options_from_flags(Flags(config, margin=0.5))
+  assert (from_config.image_size, from_config.margin) == (64, 0.5)  # The flag given wins.
+  assert export_pairs.options_from_flags(Flags(config, size=48)).image_size == 48
 
 
 def test_preview_writes_grid(tiny_folder, tmp_path):

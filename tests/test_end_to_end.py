@@ -6,7 +6,6 @@ One test function on purpose: pytest-xdist then trains the model once.
 """
 
 import hashlib
-import importlib.util
 import json
 import logging as std_logging
 import pathlib
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mask2face import detect, export, predict, train
+from mask2face import config_files, detect, export, predict, train
 from mask2face.data import crop, images, splits
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -31,10 +30,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is depreca
 
 def tiny_config(faces: pathlib.Path, cache: pathlib.Path):
   """configs/unet.py:runlocal at 32 px with filters (4, 8): 10 steps, one evaluation."""
-  spec = importlib.util.spec_from_file_location("_e2e_unet", REPO_ROOT / "configs" / "unet.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("runlocal")
+  config = config_files.load(f"{REPO_ROOT}/configs/unet.py:runlocal")
   config.data.source = str(faces)
   config.data.landmarks_cache = str(cache)
   config.data.image_size = SIZE

@@ -1,5 +1,6 @@
 """Tests for the grid runner and the result tables (mask2face.experiments), with a fake trainer."""
 
+import dataclasses
 import json
 import pathlib
 import re
@@ -11,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mask2face import config_files
+from mask2face.experiments import commands, devices, report, run
 from mask2face.experiments import grid as grid_lib
-from mask2face.experiments import report, run
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 GRIDS = sorted((REPO_ROOT / "experiments").glob("*.py"))
@@ -52,8 +54,8 @@ def test_shipped_grid_loads_with_unique_safe_names_and_valid_keys(path, runlocal
   assert names == [p.name for p in grid_lib.load_grid(path, runlocal=runlocal)]  # Deterministic.
   # Every override names a real field of its (locked) config: a typo would fail every run.
   for point in points:
-    module = grid_lib.load_module(grid_lib.resolve_config(point.config))
-    keys = _config_keys(module.get_config(point.arg or None))
+    config = grid_lib.resolve_config(point.config)
+    keys = _config_keys(config_files.load(f"{config}:{point.arg}" if point.arg else config))
     missing = set(point.all_overrides()) - keys
     assert not missing, f"{path.name}: {point.name} overrides unknown fields {missing}"
   if runlocal:
@@ -91,8 +93,7 @@ def test_upsampling_grid_covers_every_architecture_with_the_option():
   points = grid_lib.load_grid(REPO_ROOT / "experiments" / "upsampling.py")
   with_option = set()
   for config in sorted((REPO_ROOT / "configs").glob("*.py")):
-    module = grid_lib.load_module(config)
-    if config.stem != "common" and "upsample" in module.get_config().model:
+    if config.stem != "common" and "upsample" in config_files.load(config).model:
       with_option.add(config.stem)
   assert {"unet", "encoder_decoder", "refine_unet", "vae_unet", "resnet_unet"} <= with_option
   by_config = {}
@@ -251,17 +252,18 @@ def test_runner_skips_complete_resumes_interrupted_and_reports_failures(fake_set
   points, trainer, root, read_calls = fake_setup
   # 1) Every run is interrupted (or fails): reported, and the runner goes on to the next.
   monkeypatch.setenv("FAKE_INTERRUPT", "1")
-  outcomes = run.run_points(points, root, trainer=trainer, data="/faces", extra={"x.y": "1"})
+  settings = commands.RunSettings(trainer=trainer, data="/faces", extra={"x.y": "1"})
+  outcomes = run.run_points(points, root, settings)
   assert [o.status for o in outcomes] == ["failed"] * 3
   assert "exit code 137" in outcomes[0].detail
   assert "exit code 3" in outcomes[2].detail and "model exploded" in outcomes[2].detail
   assert len(read_calls()) == 3
-  summary = run.summarize(outcomes)
+  summary = run.format_outcomes(outcomes)
   assert "3 failed" in summary and "FAILED resnet_unet/loss.name=broken/seed=0" in summary
 
   # 2) The same command again resumes the interrupted points in the same workdirs.
   monkeypatch.delenv("FAKE_INTERRUPT")
-  outcomes = run.run_points(points, root, trainer=trainer, data="/faces", extra={"x.y": "1"})
+  outcomes = run.run_points(points, root, settings)
   assert [o.status for o in outcomes] == ["done", "done", "failed"]
   for point in points[:2]:
     result = json.loads((root / point.name / "results.json").read_text())
@@ -279,16 +281,15 @@ def test_runner_skips_complete_resumes_interrupted_and_reports_failures(fake_set
 
   # 3) Complete points are skipped: only the failing one is tried again.
   n_calls = len(read_calls())
-  outcomes = run.run_points(points, root, trainer=trainer)
+  outcomes = run.run_points(points, root, commands.RunSettings(trainer=trainer))
   assert [o.status for o in outcomes] == ["skipped", "skipped", "failed"]
   assert [c["workdir"] for c in read_calls()[n_calls:]] == [str(root / points[2].name)]
 
 
 def test_runner_parallel_gives_each_worker_its_own_gpus(fake_setup):
   points, trainer, root, read_calls = fake_setup
-  outcomes = run.run_points(
-    points[:2], root, trainer=trainer, parallel=2, devices="gpu:0,1,2,3", runlocal=True
-  )
+  settings = commands.RunSettings(trainer=trainer, runlocal=True)
+  outcomes = run.run_points(points[:2], root, settings, parallel=2, devices="gpu:0,1,2,3")
   assert [o.status for o in outcomes] == ["done", "done"]
   envs = sorted(
     json.loads((root / p.name / "point.json").read_text())["env"]["CUDA_VISIBLE_DEVICES"]
@@ -298,23 +299,37 @@ def test_runner_parallel_gives_each_worker_its_own_gpus(fake_setup):
   assert all("--config=configs/resnet_unet.py:runlocal" in c["argv"] for c in read_calls())
 
 
+def test_run_settings_are_read_only_copies(tmp_path):
+  extra, trainer = {"a": "1"}, ["python", "trainer.py"]
+  settings = commands.RunSettings(extra=extra, trainer=trainer, runlocal=True)
+  extra["a"], trainer[0] = "2", "other"
+  assert settings.extra == {"a": "1"} and settings.trainer == ("python", "trainer.py")
+  with pytest.raises(TypeError):
+    settings.extra["b"] = "3"  # Shared by the worker threads.
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    settings.runlocal = False
+  grid_file = write_grid(tmp_path, "def sweep(add):\n  add(config='configs/unet.py:size=32')\n")
+  point = grid_lib.load_grid(grid_file)[0]
+  assert settings.config_arg(point) == "runlocal,size=32"
+
+
 def test_device_groups(monkeypatch):
-  assert run.device_groups(2, "0,1,2,3") == [
+  assert devices.device_groups(2, "0,1,2,3") == [
     {"CUDA_VISIBLE_DEVICES": "0,1"},
     {"CUDA_VISIBLE_DEVICES": "2,3"},
   ]
-  tpu = run.device_groups(4, "tpu:0,1,2,3")
+  tpu = devices.device_groups(4, "tpu:0,1,2,3")
   assert [g["TPU_VISIBLE_CHIPS"] for g in tpu] == ["0", "1", "2", "3"]
   assert len({g["TPU_PROCESS_PORT"] for g in tpu}) == 4
-  assert run.device_groups(1, "tpu:0,1,2,3")[0]["TPU_CHIPS_PER_PROCESS_BOUNDS"] == "2,2,1"
+  assert devices.device_groups(1, "tpu:0,1,2,3")[0]["TPU_CHIPS_PER_PROCESS_BOUNDS"] == "2,2,1"
   with pytest.raises(ValueError, match="does not divide"):
-    run.device_groups(3, "0,1,2,3")
+    devices.device_groups(3, "0,1,2,3")
   monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
-  assert run.device_groups(2) == [{"CUDA_VISIBLE_DEVICES": "4"}, {"CUDA_VISIBLE_DEVICES": "5"}]
+  assert devices.device_groups(2) == [{"CUDA_VISIBLE_DEVICES": "4"}, {"CUDA_VISIBLE_DEVICES": "5"}]
   monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-  monkeypatch.setattr(run, "_count_gpus", lambda: 0)
-  monkeypatch.setattr(run, "_count_tpu_chips", lambda: 0)
-  assert run.device_groups(3) == [{}, {}, {}]  # A CPU: the workers share it.
+  monkeypatch.setattr(devices, "_count_gpus", lambda: 0)
+  monkeypatch.setattr(devices, "_count_tpu_chips", lambda: 0)
+  assert devices.device_groups(3) == [{}, {}, {}]  # A CPU: the workers share it.
 
 
 def test_print_commands_cli(tmp_path):
@@ -426,7 +441,7 @@ def test_report_mean_std_baseline_and_files(results_root, tmp_path):
   runs = report.load_runs(root)
   assert len(runs) == 6 and len(runs.attrs["bad_files"]) == 1
   assert set(runs["group"]) == set(expected)
-  summary = report.summarize(runs)
+  summary = report.summary_table(runs)
   assert summary["configuration"].iloc[0] == report.BASELINE
   assert len(summary) == 3
   for group, tests in expected.items():
@@ -524,15 +539,17 @@ def test_runner_prepares_each_data_source_once_before_the_points(
   outcomes = run.run_points(
     grid_lib.load_grid(grid_file, runlocal=True),
     tmp_path / "root",
-    runlocal=True,
-    data=str(faces),
-    extra={"data.landmarks_cache": str(cache)},
+    commands.RunSettings(
+      runlocal=True,
+      data=str(faces),
+      extra={"data.landmarks_cache": str(cache)},
+      trainer=(sys.executable, str(trainer)),
+    ),
     parallel=2,
     devices="gpu:0,1",
-    trainer=(sys.executable, str(trainer)),
     prepare=True,
   )
-  assert [o.status for o in outcomes] == ["done"] * 3, run.summarize(outcomes)
+  assert [o.status for o in outcomes] == ["done"] * 3, run.format_outcomes(outcomes)
   assert calls == [str(faces)]  # Three points, one source: prepared once.
   assert cache.exists()
   for outcome in outcomes:  # Every point found the cache ready when it started.
@@ -541,9 +558,11 @@ def test_runner_prepares_each_data_source_once_before_the_points(
   run.run_points(
     grid_lib.load_grid(grid_file, runlocal=True)[:1],
     tmp_path / "root2",
-    runlocal=True,
-    data=str(faces),
-    extra={"data.landmarks_cache": str(tmp_path / "other.json")},
-    trainer=(sys.executable, str(trainer)),
+    commands.RunSettings(
+      runlocal=True,
+      data=str(faces),
+      extra={"data.landmarks_cache": str(tmp_path / "other.json")},
+      trainer=(sys.executable, str(trainer)),
+    ),
   )
   assert calls == [str(faces)]

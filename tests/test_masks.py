@@ -1,5 +1,6 @@
 """Tests for the mask painter on real faces: coverage, mask/pixel agreement, seeds, errors."""
 
+import pathlib
 import pickle
 
 import cv2
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import common
+from mask2face import config_files
 from mask2face.data import dlib_faces
 from mask2face.data.masks import (
   FAMILY_NAMES,
@@ -18,6 +19,7 @@ from mask2face.data.masks import (
 )
 from mask2face.data.masks.geometry import FaceGeometry, six_points
 
+COMMON_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "common.py"
 COVERED = [8, 33, *range(48, 68)]  # Chin, nose base, mouth.
 EYES = list(range(36, 48))
 _KERNEL = np.ones((5, 5), np.uint8)  # 2-px dilation / erosion.
@@ -144,7 +146,7 @@ def test_random_family_is_seeded_and_weighted(builtin_faces):
 
 
 def test_from_config(shared_data):
-  config = common.get_config().data
+  config = config_files.load(COMMON_CONFIG).data
   assert MaskPainter.from_config(config).families == PROCEDURAL_FAMILIES
   config.mask_families = "kn95, mtf_gas"
   config.mask_weights = "1, 3"

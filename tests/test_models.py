@@ -245,7 +245,7 @@ def test_summary_counts_parameters_and_flops():
 
   small = get_model("unet", filters=(4, 8), kernels=3)
   wide = get_model("unet", filters=(8, 16), kernels=3)
-  s_small, s_wide = summary.summarize(small, SIZE), summary.summarize(wide, SIZE)
+  s_small, s_wide = summary.model_costs(small, SIZE), summary.model_costs(wide, SIZE)
   assert s_small["params"] == _param_count(small, SIZE) > 0
   # Doubling every width roughly quadruples the conv FLOPs and doubles the activations.
   assert 3 < s_wide["gflops"] / s_small["gflops"] < 5

@@ -44,7 +44,7 @@ def test_notebooks_are_committed_without_outputs():
 def train_tiny_grid(shared_data, tmp: pathlib.Path) -> pathlib.Path:
   """Trains the tiny grid for real (mask2face.main, two at a time) on 10 LFW people."""
   from mask2face.data import landmark_cache, sources
-  from mask2face.experiments import grid, run
+  from mask2face.experiments import commands, grid, run
 
   faces = tmp / "faces"
   lfw = shared_data / "lfw_gray"
@@ -68,12 +68,14 @@ def train_tiny_grid(shared_data, tmp: pathlib.Path) -> pathlib.Path:
     outcomes = run.run_points(
       grid.load_grid(grid_file, runlocal=True),
       root,
-      runlocal=True,
-      data=str(faces),
-      extra={**TINY_OVERRIDES, "data.landmarks_cache": str(cache)},
+      commands.RunSettings(
+        runlocal=True,
+        data=str(faces),
+        extra={**TINY_OVERRIDES, "data.landmarks_cache": str(cache)},
+      ),
       parallel=2,
     )
-  assert [o.status for o in outcomes] == ["done", "done"], run.summarize(outcomes)
+  assert [o.status for o in outcomes] == ["done", "done"], run.format_outcomes(outcomes)
   return root
 
 
@@ -87,7 +89,7 @@ def test_results_notebook_runs_on_a_real_tiny_grid(shared_data, tmp_path, monkey
 
   runs = report.load_runs(tiny_grid_root)
   assert sorted(runs["architecture"]) == ["resnet_unet", "unet"]
-  summary = report.summarize(runs)
+  summary = report.summary_table(runs)
   assert summary["configuration"].iloc[0] == report.BASELINE and len(summary) == 3
   assert summary[["masked_psnr_mean", "psnr_mean", "ssim_mean"]].notna().all().all()
   assert (summary["num_params"].iloc[1:] > 0).all()

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from absl import flags
 
-from configs import common
+from mask2face import config_files
 from mask2face.data import crop, images, masks, pipeline, sources, splits
 from mask2face.data.landmark_cache import compute_cache
 
+COMMON_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "common.py"
 SIZE = 32
 NUM_PEOPLE = 8
 
@@ -46,7 +47,7 @@ def landmark_cache(face_folder, tmp_path_factory):
 
 
 def _data_config(face_folder, landmark_cache, **overrides):
-  config = common.get_config().data
+  config = config_files.load(COMMON_CONFIG).data
   config.source = str(face_folder)
   config.landmarks_cache = str(landmark_cache)
   config.image_size = SIZE

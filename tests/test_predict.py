@@ -109,7 +109,7 @@ def test_unmask_files_folder(shared_data, unmasker, grace_hopper, tmp_path):
     assert rgba.mode == "RGBA"  # The alpha channel survives.
   after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in inputs.rglob("*") if p.is_file()}
   assert after == before  # Inputs untouched, nothing written beside them.
-  assert "files:" in predict.summarize(reports)
+  assert "files:" in predict.format_reports(reports)
 
 
 def _write_workdir(workdir, model, variables):

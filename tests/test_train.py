@@ -1,7 +1,6 @@
 """The training loop: one step against reference values, resume, NaN guard, a real short run."""
 
 import functools
-import importlib.util
 import json
 import pathlib
 
@@ -12,16 +11,14 @@ import optax
 import pytest
 from PIL import Image
 
-from mask2face import losses, models, parallel, train
+from mask2face import config_files, losses, models, parallel, train
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
 def load_config(name, arg=None):
-  spec = importlib.util.spec_from_file_location(f"_cfg_{name}", CONFIG_DIR / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  """`configs/<name>.py[:arg]`, as main.py's --config gives it."""
+  return config_files.load(f"{CONFIG_DIR / name}.py" + (f":{arg}" if arg is not None else ""))
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,9 @@
 
   python -m mask2face.data.preview --source=../shared/data/lfw_gray --out=/tmp/grid.png --num=16
 
-Same settings and flags as `mask2face.data.export` (crop, mask families, `--augment`); bad files
-and photos without a face are skipped, counted and listed. The PNG is written atomically.
+Same settings and flags as `mask2face.data.export_pairs` (crop, mask families, `--augment`,
+`--config`); bad files and photos without a face are skipped, counted and listed. The PNG is
+written atomically.
 """
 
 import math
@@ -14,7 +15,7 @@ import numpy as np
 from absl import app, flags
 
 from mask2face import cli
-from mask2face.data import export
+from mask2face.data import export_pairs
 
 
 def make_grid(pairs, *, columns=None, gap=4) -> np.ndarray:
@@ -29,8 +30,8 @@ def make_grid(pairs, *, columns=None, gap=4) -> np.ndarray:
     (rows * (size + gap) + gap, columns * (tile_w + 2 * gap) + gap, 3), 255, dtype=np.uint8
   )
   for i, pair in enumerate(pairs):
-    mask = np.repeat(export.to_uint8(pair["mask"])[..., None], 3, axis=-1)
-    tile = [export.to_uint8(pair["masked"]), export.to_uint8(pair["clean"]), mask]
+    mask = np.repeat(export_pairs.to_uint8(pair["mask"])[..., None], 3, axis=-1)
+    tile = [export_pairs.to_uint8(pair["masked"]), export_pairs.to_uint8(pair["clean"]), mask]
     y = gap + (i // columns) * (size + gap)
     x = gap + (i % columns) * (tile_w + 2 * gap)
     for j, image in enumerate(tile):
@@ -41,11 +42,11 @@ def make_grid(pairs, *, columns=None, gap=4) -> np.ndarray:
 def main(argv):
   del argv
   f = flags.FLAGS
-  source = export.open_source(f)
-  tally, pairs = export.Tally(), []
-  outcomes = export.iter_outcomes(
+  source = export_pairs.open_source(f)
+  tally, pairs = export_pairs.Tally(), []
+  outcomes = export_pairs.iter_outcomes(
     source,
-    export.options_from_flags(f),
+    export_pairs.options_from_flags(f),
     seed=f.seed,
     augment=f.augment,
     cache_path=f.landmarks_cache,
@@ -64,12 +65,12 @@ def main(argv):
     sys.exit(f"no example could be made from {source.name}\n{tally.report()}")
   out = pathlib.Path(f.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  export.write_png(out, make_grid(pairs))
+  export_pairs.write_png(out, make_grid(pairs))
   cli.emit(f"wrote {len(pairs)} examples (masked | clean | mask) to {out}")
   cli.emit(tally.report())
 
 
 if __name__ == "__main__":
-  export.define_flags()
+  export_pairs.define_flags()
   flags.DEFINE_integer("num", 16, "Examples to draw.")
   app.run(main)

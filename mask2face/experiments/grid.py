@@ -177,7 +177,7 @@ class Adder:
 
 
 def load_module(path: pathlib.Path):
-  """Executes a Python file (a grid or a config) as a fresh module; GridError on failure."""
+  """Executes a grid file as a fresh module; GridError on failure (configs: `config_files`)."""
   spec = importlib.util.spec_from_file_location(f"mask2face_grid_{path.stem}", path)
   if spec is None or spec.loader is None:
     raise GridError(f"{path}: not a Python file")

@@ -133,7 +133,7 @@ def _mean_std(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, float]:
   return out
 
 
-def summarize(runs: pd.DataFrame, metrics: Sequence[str] = tuple(METRICS)) -> pd.DataFrame:
+def summary_table(runs: pd.DataFrame, metrics: Sequence[str] = tuple(METRICS)) -> pd.DataFrame:
   """One row per configuration (seeds grouped) plus the baseline row first.
 
   Columns: configuration, architecture, seeds, num_params, img_per_sec, and `<metric>_mean`,
@@ -295,7 +295,7 @@ def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None) 
   if runs.empty:
     raise ValueError(f"{root}: no readable results.json found")
   out.mkdir(parents=True, exist_ok=True)
-  summary = summarize(runs)
+  summary = summary_table(runs)
   families = family_table(runs)
   written = {}
   for name, text in {

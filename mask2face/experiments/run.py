@@ -17,12 +17,10 @@ starts, the runner prepares each distinct data source once (its landmark cache),
 started together do not all compute the same cache.
 """
 
-import ast
 import collections
 import concurrent.futures
 import dataclasses
 import datetime
-import glob
 import json
 import os
 import pathlib
@@ -32,14 +30,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from absl import app, flags, logging
 
 from mask2face import atomic, bookkeeping, cli
+from mask2face.experiments import devices as devices_lib
 from mask2face.experiments import grid as grid_lib
+from mask2face.experiments import prepare as prepare_lib
+from mask2face.experiments.commands import (
+  TRAINER,
+  RunSettings,
+  build_command,
+  command_line,
+  parse_overrides,
+)
 
-TRAINER = (sys.executable, "-m", "mask2face.main")
 # The trainer's own skip marker: written last, atomically, when a run has finished.
 RESULTS_FILE = "results.json"
 POINT_FILE = "point.json"
@@ -55,244 +60,6 @@ class Outcome:
   status: str
   secs: float = 0.0
   detail: str = ""
-
-
-# --- Commands. ---------------------------------------------------------------------------------
-
-
-def default_data_dir() -> pathlib.Path | None:
-  """`$MASK2FACE_SHARED_DATA/lfw_gray`, else `../shared/data/lfw_gray` beside the checkout."""
-  env = os.environ.get("MASK2FACE_SHARED_DATA")
-  base = pathlib.Path(env) if env else grid_lib.REPO_ROOT.parent / "shared" / "data"
-  path = base / "lfw_gray"
-  return path if path.is_dir() else None
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, str]:
-  """`['batch_size=8', 'model.filters=(4,8)']` -> {key: value as written on the command line}."""
-  out = {}
-  for item in items:
-    key, sep, value = item.partition("=")
-    key = key.strip().removeprefix("--").removeprefix("config.")
-    if not sep or not key:
-      raise ValueError(f"--override {item!r}: expected key=value, e.g. num_train_steps=100")
-    out[key] = value
-  return out
-
-
-def point_overrides(
-  point: grid_lib.Point, *, data: str | None = None, extra: Mapping[str, str] | None = None
-) -> dict[str, str]:
-  """Every `--config.key=value` of a point, as strings: BUDGET, point, --data, --override."""
-  values = {k: grid_lib.flag_value(v) for k, v in point.all_overrides().items()}
-  if data:
-    values["data.source"] = str(data)
-  values.update(extra or {})
-  values["seed"] = str(point.seed)
-  return values
-
-
-def build_command(
-  point: grid_lib.Point,
-  workdir: str | os.PathLike,
-  *,
-  runlocal: bool = False,
-  data: str | None = None,
-  extra: Mapping[str, str] | None = None,
-  trainer: Sequence[str] = TRAINER,
-) -> list[str]:
-  """The trainer's argv for `point` (run from REPO_ROOT, so configs can import each other)."""
-  arg = ",".join(a for a in ("runlocal" if runlocal else "", point.arg) if a)
-  config = point.config + (f":{arg}" if arg else "")
-  command = [*trainer, f"--config={config}", f"--workdir={workdir}"]
-  overrides = point_overrides(point, data=data, extra=extra)
-  command += [f"--config.{k}={v}" for k, v in overrides.items()]
-  return command
-
-
-def command_line(command: Sequence[str]) -> str:
-  """One shell line that runs `command` from any directory."""
-  return f"cd {shlex.quote(str(grid_lib.REPO_ROOT))} && {shlex.join(command)}"
-
-
-# --- Devices. ----------------------------------------------------------------------------------
-
-
-def _count_gpus() -> int:
-  try:
-    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
-  except (OSError, subprocess.SubprocessError):
-    return 0
-  return (
-    sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
-  )
-
-
-def _count_tpu_chips() -> int:
-  # TPU VMs expose one /dev/accelN (v2-v4) or /dev/vfio/N (v5e and later) per chip.
-  return len(glob.glob("/dev/accel[0-9]*")) or len(glob.glob("/dev/vfio/[0-9]*"))
-
-
-# TPU_CHIPS_PER_PROCESS_BOUNDS for a group of n chips of one host.
-_TPU_BOUNDS = {1: "1,1,1", 2: "1,2,1", 4: "2,2,1"}
-
-
-def device_groups(parallel: int, devices: str = "") -> list[dict[str, str]]:
-  """Environment updates that give each of `parallel` workers its own share of the devices.
-
-  Args:
-    parallel: how many runs at a time.
-    devices: 'gpu:0,1,2,3' or 'tpu:0,1,2,3' (or plain ids, meaning GPUs); '' = detect:
-      CUDA_VISIBLE_DEVICES, else nvidia-smi's GPUs, else the TPU chips of this host.
-
-  Returns:
-    One dict per worker. Without accelerators (a CPU), the workers share the host: empty dicts.
-
-  Raises:
-    ValueError: the devices do not divide into `parallel` equal groups.
-  """
-  if parallel < 1:
-    raise ValueError(f"--parallel={parallel}: must be at least 1")
-  kind, ids = "gpu", []
-  if devices:
-    kind, sep, rest = devices.partition(":")
-    if not sep:
-      kind, rest = "gpu", devices
-    ids = [d.strip() for d in rest.split(",") if d.strip()]
-  elif os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
-    ids = [d.strip() for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
-  elif n := _count_gpus():
-    ids = [str(i) for i in range(n)]
-  elif n := _count_tpu_chips():
-    kind, ids = "tpu", [str(i) for i in range(n)]
-  if kind not in ("gpu", "tpu"):
-    raise ValueError(f"--devices={devices!r}: expected gpu:IDS or tpu:IDS")
-  if not ids:
-    if parallel > 1:
-      logging.info("No accelerator found: %d runs at a time share the CPU.", parallel)
-    return [{} for _ in range(parallel)]
-  if len(ids) % parallel:
-    raise ValueError(
-      f"--parallel={parallel} does not divide the {len(ids)} {kind.upper()}(s) {ids} evenly"
-    )
-  size = len(ids) // parallel
-  groups = [ids[i * size : (i + 1) * size] for i in range(parallel)]
-  if kind == "gpu":
-    return [{"CUDA_VISIBLE_DEVICES": ",".join(g)} for g in groups]
-  if size not in _TPU_BOUNDS:
-    raise ValueError(f"--parallel={parallel}: {size} TPU chips per run; use 1, 2 or 4")
-  envs = []
-  for i, group in enumerate(groups):
-    port = str(8476 + i)  # Each process needs its own coordination port.
-    envs.append(
-      {
-        "TPU_VISIBLE_CHIPS": ",".join(group),
-        "TPU_VISIBLE_DEVICES": ",".join(group),  # The older name of the same setting.
-        "TPU_CHIPS_PER_PROCESS_BOUNDS": _TPU_BOUNDS[size],
-        "TPU_PROCESS_BOUNDS": "1,1,1",
-        "TPU_PROCESS_PORT": port,
-        "TPU_PROCESS_ADDRESSES": f"localhost:{port}",
-        "TPU_MESH_CONTROLLER_PORT": port,
-        "TPU_MESH_CONTROLLER_ADDRESS": f"localhost:{port}",
-      }
-    )
-  return envs
-
-
-# --- Data, once for every point. ---------------------------------------------------------------
-
-# The `config.data` fields that decide a source's landmark cache (the expensive shared part).
-DATA_SOURCE_FIELDS = (
-  "source",
-  "identity_pattern",
-  "tfds_data_dir",
-  "manual_dir",
-  "landmarks_cache",
-)
-
-
-def _parse_flag(text: str, like: Any) -> Any:
-  """`text` as ml_collections' config flags would parse it for a field holding `like`."""
-  if isinstance(like, str):
-    return text
-  try:
-    return ast.literal_eval(text)
-  except (SyntaxError, ValueError):
-    return text
-
-
-def point_data_config(
-  point: grid_lib.Point,
-  *,
-  runlocal: bool = False,
-  data: str | None = None,
-  extra: Mapping[str, str] | None = None,
-):
-  """The `config.data` section the point's trainer will see: config, runlocal, overrides."""
-  arg = ",".join(a for a in ("runlocal" if runlocal else "", point.arg) if a)
-  module = grid_lib.load_module(grid_lib.resolve_config(point.config))
-  data_config = module.get_config(arg or None).data
-  for key, text in point_overrides(point, data=data, extra=extra).items():
-    field = key.removeprefix("data.")
-    if key.startswith("data.") and field in data_config:
-      data_config[field] = _parse_flag(text, data_config[field])
-  return data_config
-
-
-def prepare_sources(
-  points: Sequence[grid_lib.Point],
-  *,
-  runlocal: bool = False,
-  data: str | None = None,
-  extra: Mapping[str, str] | None = None,
-) -> int:
-  """Prepares each distinct data source of `points` once, in this process.
-
-  Every trainer starts with `pipeline.prepare_data`, which computes the source's landmark cache
-  when it is missing; N points started at once would all compute the same cache. Done here
-  first, the trainers only load it. A source that cannot be prepared is logged and left to the
-  points, which report their own error.
-
-  Returns:
-    How many distinct sources were prepared.
-  """
-  from mask2face.data import pipeline
-
-  seen, prepared = set(), 0
-  for point in points:
-    try:
-      data_config = point_data_config(point, runlocal=runlocal, data=data, extra=extra)
-    except Exception as e:  # A broken config fails in its own point, with its own message.
-      logging.warning("%s: cannot read its data config (%s: %s)", point.name, type(e).__name__, e)
-      continue
-    key = tuple(str(data_config.get(f, "")) for f in DATA_SOURCE_FIELDS)
-    if key in seen:
-      continue
-    seen.add(key)
-    logging.info(
-      "Preparing the data of %s once for every point (landmarks: %s)",
-      data_config.source,
-      data_config.landmarks_cache or "default cache",
-    )
-    start = time.time()
-    try:
-      found = pipeline.prepare_data(data_config)
-    except Exception as e:  # Each point retries and reports it; the grid goes on.
-      logging.warning(
-        "Could not prepare %s (%s: %s); each point will try on its own.",
-        data_config.source,
-        type(e).__name__,
-        e,
-      )
-      continue
-    prepared += 1
-    logging.info(
-      "Data ready in %.0f s: %d faces, landmarks in %s",
-      time.time() - start,
-      len(found.landmarks),
-      found.landmarks_path or "the cache",
-    )
-  return prepared
 
 
 # --- Running. ----------------------------------------------------------------------------------
@@ -364,7 +131,7 @@ def run_point(
     logging.info("%s: resuming (the workdir has checkpoints)", point.name)
   write_point_json(workdir, point, command, grid_file=grid_file, env=env)
   full_env = {**os.environ, **(env or {})}
-  # The configs import `configs.common`: the repo root must be importable.
+  # Config files import mask2face.config_files: this checkout's package must be the one found.
   full_env["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(grid_lib.REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
   )
@@ -396,27 +163,27 @@ def run_point(
 def run_points(
   points: Sequence[grid_lib.Point],
   root: str | os.PathLike,
+  settings: RunSettings | None = None,
   *,
-  runlocal: bool = False,
-  data: str | None = None,
-  extra: Mapping[str, str] | None = None,
   parallel: int = 1,
   devices: str = "",
-  trainer: Sequence[str] = TRAINER,
-  grid_file: str = "",
   prepare: bool | None = None,
 ) -> list[Outcome]:
   """Runs every incomplete point under `root`, `parallel` at a time on disjoint devices.
 
   Args:
+    settings: what every point shares (runlocal, --data, overrides, trainer, grid file).
+    devices: the devices to share out (`devices.device_groups`); '' = detect.
     prepare: prepare each distinct data source (landmark cache) here before starting points
-      (`prepare_sources`); None = only for mask2face's own trainer, whose first step it is.
+      (`prepare.prepare_sources`); None = only for mask2face's own trainer, whose first step
+      it is.
 
   Returns:
     One Outcome per point, in grid order. Failures do not stop the other points.
   """
+  settings = settings or RunSettings()
   root = pathlib.Path(root).expanduser().resolve()
-  envs = device_groups(parallel, devices)
+  envs = devices_lib.device_groups(parallel, devices)
   outcomes: dict[int, Outcome] = {}
   todo = []
   for i, point in enumerate(points):
@@ -433,9 +200,9 @@ def run_points(
     parallel,
   )
   if prepare is None:
-    prepare = tuple(trainer) == TRAINER
+    prepare = settings.trainer == TRAINER
   if prepare and todo:
-    prepare_sources([points[i] for i in todo], runlocal=runlocal, data=data, extra=extra)
+    prepare_lib.prepare_sources([points[i] for i in todo], settings)
   free_envs: queue.Queue = queue.Queue()
   for env in envs:
     free_envs.put(env)
@@ -445,11 +212,9 @@ def run_points(
     try:
       point = points[i]
       workdir = root / point.name
-      command = build_command(
-        point, workdir, runlocal=runlocal, data=data, extra=extra, trainer=trainer
-      )
+      command = build_command(point, workdir, settings)
       logging.info("Starting %s%s", point.name, f" on {env}" if env else "")
-      return run_point(point, workdir, command, env=env, grid_file=grid_file)
+      return run_point(point, workdir, command, env=env, grid_file=settings.grid_file)
     finally:
       free_envs.put(env)
 
@@ -485,7 +250,7 @@ def run_points(
   return [outcomes[i] for i in range(len(points))]
 
 
-def summarize(outcomes: Sequence[Outcome]) -> str:
+def format_outcomes(outcomes: Sequence[Outcome]) -> str:
   """A few lines: counts per status, then every failed point with its reason."""
   counts = collections.Counter(o.status for o in outcomes)
   lines = [
@@ -499,15 +264,12 @@ def summarize(outcomes: Sequence[Outcome]) -> str:
 def print_commands(
   points: Sequence[grid_lib.Point],
   root: str | os.PathLike,
+  settings: RunSettings | None = None,
   *,
-  runlocal: bool = False,
-  data: str | None = None,
-  extra: Mapping[str, str] | None = None,
-  trainer: Sequence[str] = TRAINER,
-  grid_file: str = "",
   out=None,
 ) -> list[Outcome]:
   """Prints one shell line per incomplete point (and writes its point.json); runs nothing."""
+  settings = settings or RunSettings()
   out = out or sys.stdout
   root = pathlib.Path(root).expanduser().resolve()
   outcomes = []
@@ -516,11 +278,9 @@ def print_commands(
     if is_complete(workdir):
       outcomes.append(Outcome(point, workdir, "skipped"))
       continue
-    command = build_command(
-      point, workdir, runlocal=runlocal, data=data, extra=extra, trainer=trainer
-    )
+    command = build_command(point, workdir, settings)
     workdir.mkdir(parents=True, exist_ok=True)
-    write_point_json(workdir, point, command, grid_file=grid_file)
+    write_point_json(workdir, point, command, grid_file=settings.grid_file)
     cli.emit(command_line(command), file=out)
     outcomes.append(Outcome(point, workdir, "pending"))
   return outcomes
@@ -550,6 +310,14 @@ def define_flags() -> None:
   flags.mark_flags_as_required(["grid", "root"])
 
 
+def default_data_dir() -> pathlib.Path | None:
+  """`$MASK2FACE_SHARED_DATA/lfw_gray`, else `../shared/data/lfw_gray` beside the checkout."""
+  env = os.environ.get("MASK2FACE_SHARED_DATA")
+  base = pathlib.Path(env) if env else grid_lib.REPO_ROOT.parent / "shared" / "data"
+  path = base / "lfw_gray"
+  return path if path.is_dir() else None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
@@ -576,20 +344,20 @@ def main(argv):
     extra = parse_overrides(FLAGS.override)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  kwargs = dict(
+  settings = RunSettings(
     runlocal=FLAGS.runlocal,
     data=data,
     extra=extra,
     grid_file=str(pathlib.Path(FLAGS.grid).resolve()),
   )
   if FLAGS["print-commands"].value:
-    outcomes = print_commands(points, FLAGS.root, **kwargs)
-    logging.info(summarize(outcomes))
+    outcomes = print_commands(points, FLAGS.root, settings)
+    logging.info(format_outcomes(outcomes))
     return
   outcomes = run_points(
-    points, FLAGS.root, parallel=FLAGS.parallel, devices=FLAGS.devices, **kwargs
+    points, FLAGS.root, settings, parallel=FLAGS.parallel, devices=FLAGS.devices
   )
-  cli.emit(summarize(outcomes))
+  cli.emit(format_outcomes(outcomes))
   if any(o.status == "failed" for o in outcomes):
     sys.exit(1)
 

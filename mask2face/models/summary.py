@@ -76,7 +76,7 @@ def forward_cost(model: nn.Module, input_shape: Sequence[int]) -> dict[str, floa
   return {"flops": float((cost or {}).get("flops", np.nan)), "temp_bytes": float(temp)}
 
 
-def summarize(model: nn.Module, size: int, channels: int = 3) -> dict[str, float]:
+def model_costs(model: nn.Module, size: int, channels: int = 3) -> dict[str, float]:
   """Parameters, forward GFLOPs per image, activation and XLA scratch memory (MiB)."""
   shape = (1, size, size, channels)
   cost = forward_cost(model, shape)
@@ -126,7 +126,7 @@ def main(argv: Sequence[str]) -> None:
   for name in f.models:
     kwargs = {"dtype": f.dtype} if f.dtype else {}
     models.append((name, get_model(name, **kwargs)))
-  rows = [(name, summarize(model, size)) for name, model in models]
+  rows = [(name, model_costs(model, size)) for name, model in models]
   cli.emit(markdown_table(rows, size))
 
 

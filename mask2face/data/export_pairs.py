@@ -1,12 +1,15 @@
 """CLI: write masked/clean training pairs to disk as PNG, in upstream Mask2Face's layout.
 
-  python -m mask2face.data.export --source=../shared/data/lfw_gray --num=100 --out=/tmp/pairs
+  python -m mask2face.data.export_pairs --source=../shared/data/lfw_gray --num=100 --out=/tmp/pairs
+  # Crop and masks as a training config makes them (explicit flags still win):
+  python -m mask2face.data.export_pairs --config=configs/unet.py:runlocal --source=... --out=...
 
 writes `inputs/<name>.png` (masked face), `outputs/<name>.png` (clean face) and, beyond
 upstream, `masks/<name>.png` (255 under the mask). Landmarks come from `--landmarks_cache`
 when given, else dlib runs on the fly. Files that cannot be read and photos without a face are
 skipped, counted and listed at the end; every file is written atomically (temp file + rename).
-Crop, mask and size settings default to `configs/common.py`'s `config.data`.
+Crop, mask and size settings default to `pipeline.PairOptions` (the values of
+`configs/common.py`'s `config.data`), or come from `--config`'s `config.data`.
 """
 
 import dataclasses
@@ -21,16 +24,30 @@ from collections.abc import Iterator
 import numpy as np
 from absl import app, flags, logging
 
-from configs import common
-from mask2face import atomic, cli
+from mask2face import atomic, cli, config_files
 from mask2face.data import landmarks as landmarks_lib
 from mask2face.data import pipeline, sources
 from mask2face.data.images import ImageError
 
+# Pair settings with a flag of their own: flag name -> `PairOptions` field.
+OPTION_FLAGS = {
+  "size": "image_size",
+  "margin": "margin",
+  "level_eyes": "level_eyes",
+  "mask_families": "mask_families",
+  "templates_dir": "templates_dir",
+}
+
 
 def define_flags():
   """Flags shared by this CLI and `mask2face.data.preview`."""
-  defaults = common.get_config().data
+  defaults = pipeline.PairOptions()
+  flags.DEFINE_string(
+    "config",
+    "",
+    "A training config (path.py[:arg]) whose config.data gives the pair settings; "
+    "the flags given explicitly override it ('' = the defaults below).",
+  )
   flags.DEFINE_string("source", None, "tfds:lfw, tfds:celeb_a or a folder of images.")
   flags.DEFINE_string("identity_pattern", "", "Folders: regex whose first group is the identity.")
   flags.DEFINE_string("tfds_data_dir", "", "TFDS data dir ('' = default).")
@@ -49,15 +66,14 @@ def define_flags():
 
 
 def options_from_flags(f=flags.FLAGS) -> pipeline.PairOptions:
-  defaults = pipeline.PairOptions.from_config(common.get_config().data)
-  return dataclasses.replace(
-    defaults,
-    image_size=f.size,
-    margin=f.margin,
-    level_eyes=f.level_eyes,
-    mask_families=f.mask_families,
-    templates_dir=f.templates_dir,
-  )
+  """`--config`'s pair settings (or the defaults), then the flags (with --config: those given)."""
+  if not f.config:
+    return dataclasses.replace(
+      pipeline.PairOptions(), **{field: f[name].value for name, field in OPTION_FLAGS.items()}
+    )
+  base = pipeline.PairOptions.from_config(config_files.load(f.config).data)
+  given = {field: f[name].value for name, field in OPTION_FLAGS.items() if f[name].present}
+  return dataclasses.replace(base, **given)
 
 
 @dataclasses.dataclass
@@ -164,7 +180,7 @@ def file_stem(key: str, used: set) -> str:
   return name
 
 
-def export(source, options, out, *, num, seed=0, augment=False, cache_path="", workers=1):
+def write_pairs(source, options, out, *, num, seed=0, augment=False, cache_path="", workers=1):
   """Writes up to `num` pairs (0 = all) under `out`; returns the `Tally`."""
   from tqdm import tqdm
 
@@ -209,7 +225,7 @@ def main(argv):
   f = flags.FLAGS
   start = time.time()
   source = open_source(f)
-  tally = export(
+  tally = write_pairs(
     source,
     options_from_flags(f),
     f.out,
