@@ -80,8 +80,9 @@ def get_config(arg=None):
   # (1.0 and 1.0 reproduce upstream's loss).
   config.loss.ssim_weight = 1.0
   config.loss.pixel_weight = 1.0
-  # VAE only (ignored where aux has no mean/logvar). The KL is summed over latent dimensions
-  # while pixel losses are per-pixel means, so useful weights are small (about 1e-4).
+  # VAEs only (ignored where aux has no latent): KL(posterior || prior) of every latent
+  # (losses.kl_terms). The KL is summed over latent dimensions while pixel losses are
+  # per-pixel means, so useful weights are small (about 1e-4).
   config.loss.kl_weight = 0.0
   config.loss.coarse_weight = 0.0  # Deep supervision of aux['coarse'] (two-stage models).
   # Pixel weights inside / outside the binary mask (errors are scaled, not renormalised).
@@ -107,6 +108,10 @@ def get_config(arg=None):
   config.best_mode = "min"
   config.early_stopping_patience = 0  # Evaluations without improvement; 0 = off.
   config.identity_metric = True  # dlib face-descriptor similarity on the test split.
+  # Completions drawn per masked face at evaluation (models.sampling): a stochastic model
+  # (vae_unet) is scored by the best and the mean over them, plus their diversity. 1 = one
+  # prediction, as for the deterministic models.
+  config.num_samples = 1
 
   # --- Logging and checkpoints. ------------------------------------------------------------
   config.log_every_steps = 50

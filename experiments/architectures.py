@@ -18,6 +18,7 @@ CONFIGS = (
   "resnet_unet",
   "refine_unet",
   "vae_unet",
+  "vae_bottleneck_unet",
   "upstream_resnet_unet",
 )
 

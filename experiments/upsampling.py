@@ -13,7 +13,14 @@ from mask2face.experiments import grid
 BUDGET = grid.STANDARD_BUDGET
 
 # The main model first: its points are the grid's original ones (same names).
-CONFIGS = ("resnet_unet", "unet", "encoder_decoder", "refine_unet", "vae_unet")
+CONFIGS = (
+  "resnet_unet",
+  "unet",
+  "encoder_decoder",
+  "refine_unet",
+  "vae_unet",
+  "vae_bottleneck_unet",
+)
 UPSAMPLES = ("transpose", "resize_conv")
 
 

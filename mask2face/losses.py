@@ -11,7 +11,10 @@ Names (`config.loss.name`):
 - `ssim_l1`: ssim_weight * (1 - SSIM) + pixel_weight * MAE (what upstream documented).
 - `upstream_ssim_mse`: ssim_weight * (1 - SSIM) + pixel_weight * MSE (what upstream's
   `ssim_l1_loss` actually computed).
-Extra terms: `kl_weight` * KL(q(z|x) || N(0, I)) where aux has `mean`/`logvar` (VAE), and
+Extra terms: `kl_weight` * the KL of every latent in aux (`kl_terms`): KL(q || p) between the
+posterior and the learned prior of a conditional VAE (`post_mean`/`post_logvar`,
+`prior_mean`/`prior_logvar`), or KL(q || N(0, I)) for a plain variational bottleneck
+(`mean`/`logvar`), under any prefix (refine_unet's second stage: `refine_`); and
 `coarse_weight` * the same pixel loss on aux['coarse'] (deep supervision of two-stage models).
 """
 
@@ -22,6 +25,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from mask2face import metrics
+from mask2face.models.layers import LOGVAR_RANGE
 
 LOSS_NAMES = ("mae", "mse", "ssim", "ssim_l1", "upstream_ssim_mse")
 
@@ -60,17 +64,51 @@ def ssim_loss(pred, target, weights):
   return _weighted_mean(1.0 - ssim, metrics.crop_to_ssim_map(weights))
 
 
-def kl_divergence(mean, logvar):
-  """Per-example KL(N(mean, exp(logvar)) || N(0, I)), summed over latent dimensions, [B].
+def gaussian_kl(mean_q, logvar_q, mean_p, logvar_p):
+  """Per-example KL(q || p) of two diagonal Gaussians, summed over latent dimensions, [B].
 
-  The sum is the KL of each example's posterior (what the evidence bound has); averaging it
-  over the batch happens with the other terms. Scale against the per-pixel reconstruction
-  loss with `kl_weight`.
+  Closed form, per dimension: (logvar_p - logvar_q + (var_q + (mean_q - mean_p)^2) / var_p
+  - 1) / 2. The sum is each example's KL (what the evidence bound has); averaging over the
+  batch happens with the other terms. Float32, log-variances clipped to LOGVAR_RANGE (as the
+  models clip them) so exp() stays finite.
   """
-  mean = jnp.asarray(mean, jnp.float32)
-  logvar = jnp.asarray(logvar, jnp.float32)
-  per_dim = 0.5 * (jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar)
+  as_f32 = lambda x: jnp.asarray(x, jnp.float32)
+  mean_q, mean_p = as_f32(mean_q), as_f32(mean_p)
+  logvar_q = jnp.clip(as_f32(logvar_q), *LOGVAR_RANGE)
+  logvar_p = jnp.clip(as_f32(logvar_p), *LOGVAR_RANGE)
+  ratio = (jnp.exp(logvar_q) + jnp.square(mean_q - mean_p)) * jnp.exp(-logvar_p)
+  per_dim = 0.5 * (logvar_p - logvar_q + ratio - 1.0)
   return jnp.sum(per_dim.reshape(per_dim.shape[0], -1), axis=1)
+
+
+def kl_divergence(mean, logvar):
+  """Per-example KL(N(mean, exp(logvar)) || N(0, I)), summed over latent dimensions, [B]."""
+  return gaussian_kl(mean, logvar, 0.0, 0.0)
+
+
+def kl_terms(aux: Mapping[str, Any]) -> dict[str, Any]:
+  """The per-example KL [B] of every latent in `aux`, keyed `{prefix}kl`.
+
+  A latent is a conditional VAE's `{prefix}post_mean`, `{prefix}post_logvar`,
+  `{prefix}prior_mean`, `{prefix}prior_logvar` (KL(q || p)), or a variational bottleneck's
+  `{prefix}mean`, `{prefix}logvar` (KL(q || N(0, I))); prefix '' or ending in '_' (e.g.
+  refine_unet's `refine_`). Prior stats alone (evaluation: no posterior) give no term.
+  """
+  terms = {}
+  for key in sorted(aux):
+    if not key.endswith("mean") or key.endswith("prior_mean"):
+      continue
+    conditional = key.endswith("post_mean")
+    prefix = key.removesuffix("post_mean" if conditional else "mean")
+    if prefix and not prefix.endswith("_"):
+      continue
+    if conditional:
+      names = [prefix + n for n in ("post_logvar", "prior_mean", "prior_logvar")]
+      if all(n in aux for n in names):
+        terms[prefix + "kl"] = gaussian_kl(aux[key], *(aux[n] for n in names))
+    elif prefix + "logvar" in aux:
+      terms[prefix + "kl"] = kl_divergence(aux[key], aux[prefix + "logvar"])
+  return terms
 
 
 def pixel_loss(loss_config, pred, target, weights) -> dict[str, Any]:
@@ -111,14 +149,15 @@ def compute_loss(loss_config, pred, aux: Mapping[str, Any], batch: Mapping[str, 
     loss_config: `config.loss` (name, kl_weight, coarse_weight, masked_weight,
       unmasked_weight, optionally ssim_weight and pixel_weight).
     pred: [B, H, W, 3] model output in [0, 1], any float dtype.
-    aux: the model's auxiliary outputs: optional `coarse` [B, H, W, 3], `mean`/`logvar`.
+    aux: the model's auxiliary outputs: optional `coarse` [B, H, W, 3], latents (`kl_terms`).
     batch: a data batch with `clean`, `mask` and optionally `valid` (all examples count
       when it is absent).
 
   Returns:
     (loss, terms): the float32 scalar to minimise and a dict of float32 scalars: `loss`,
     `pixel` (the named pixel loss), its components (`mae`, `mse`, `ssim` = 1 - SSIM), and
-    `kl`, `coarse` (unweighted) where they apply.
+    `kl` (unweighted, summed over every latent; per stage as `refine_kl` etc. too when a
+    prefixed one is present) and `coarse` (unweighted) where they apply.
   """
   pred = jnp.asarray(pred, jnp.float32)
   target = jnp.asarray(batch["clean"], jnp.float32)
@@ -145,8 +184,10 @@ def compute_loss(loss_config, pred, aux: Mapping[str, Any], batch: Mapping[str, 
     logging.warning("loss.coarse_weight=%s but the model returns no aux['coarse'].", coarse_weight)
 
   kl_weight = float(loss_config.get("kl_weight", 0.0))
-  if kl_weight and "mean" in aux and "logvar" in aux:
-    per_example["kl"] = kl_divergence(aux["mean"], aux["logvar"])
+  kls = kl_terms(aux) if kl_weight else {}
+  if kls:
+    per_example.update({k: v for k, v in kls.items() if k != "kl"})
+    per_example["kl"] = sum(kls.values())
     total = total + kl_weight * per_example["kl"]
 
   per_example["loss"] = total

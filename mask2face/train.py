@@ -194,6 +194,7 @@ def train_step(state: TrainState, batch, *, model, tx, loss_fn: LossFn, axis_nam
       _variables(state, params),
       batch["masked"],
       train=True,
+      target=batch["clean"],
       rngs={"dropout": dropout_rng, "latent": latent_rng},
       mutable=["batch_stats"],
     )

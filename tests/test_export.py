@@ -15,7 +15,10 @@ SIZE = 32
 TINY = {"filters": (4, 8), "kernels": 3}
 # tf.lite.Interpreter announces its move to ai_edge_litert; it still works in TF 2.21.
 pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
-EXTRA = {"vae_unet": {"latent_channels": 4, "dropped_skips": 1}}
+EXTRA = {
+  "vae_unet": {"latent_channels": 4, "dropped_skips": 1},
+  "vae_bottleneck_unet": {"latent_channels": 4, "dropped_skips": 1},
+}
 
 
 def tiny_model(name):

@@ -211,3 +211,59 @@ def test_unknown_loss_name_lists_valid_names():
   batch = _batch()
   with pytest.raises(ValueError, match="upstream_ssim_mse"):
     losses.compute_loss(_config("ssim_l2"), batch["clean"], {}, batch)
+
+
+def _numpy_gaussian_kl(mean_q, logvar_q, mean_p, logvar_p):
+  """KL(q || p) per dimension by numerical integration of q log(q / p), summed per example."""
+  mq, mp = mean_q.astype(np.float64).ravel(), mean_p.astype(np.float64).ravel()
+  sq, sp = np.exp(0.5 * logvar_q.astype(np.float64)).ravel(), np.exp(0.5 * logvar_p).ravel()
+  per_dim = []
+  for mu_q, mu_p, sd_q, sd_p in zip(mq, mp, sq, sp):
+    z = np.linspace(mu_q - 12 * sd_q, mu_q + 12 * sd_q, 20_001)
+    log_q = -0.5 * ((z - mu_q) / sd_q) ** 2 - np.log(sd_q)  # The log(2 pi) terms cancel.
+    log_p = -0.5 * ((z - mu_p) / sd_p) ** 2 - np.log(sd_p)
+    per_dim.append(np.trapezoid(np.exp(log_q) / np.sqrt(2 * np.pi) * (log_q - log_p), z))
+  return np.asarray(per_dim).reshape(len(mean_q), -1).sum(axis=1)
+
+
+def test_gaussian_kl_matches_numerical_integration_and_is_zero_for_equal_gaussians():
+  rng = np.random.default_rng(9)
+  shape = (3, 2, 2, 2)  # A spatial latent, like the conditional VAE's.
+  mean_q, mean_p = rng.normal(size=shape), rng.normal(size=shape)
+  logvar_q, logvar_p = rng.normal(scale=0.7, size=shape), rng.normal(scale=0.7, size=shape)
+  stats = [a.astype(np.float32) for a in (mean_q, logvar_q, mean_p, logvar_p)]
+  kl = np.asarray(losses.gaussian_kl(*stats))
+  assert kl.shape == (3,) and kl.dtype == np.float32
+  np.testing.assert_allclose(kl, _numpy_gaussian_kl(*stats), rtol=1e-4)
+  # q == p: exactly 0; a standard-normal p: the old closed form.
+  np.testing.assert_allclose(losses.gaussian_kl(*stats[:2], *stats[:2]), 0.0, atol=1e-6)
+  np.testing.assert_allclose(
+    losses.gaussian_kl(*stats[:2], np.zeros(shape), np.zeros(shape)),
+    losses.kl_divergence(*stats[:2]),
+    rtol=1e-6,
+  )
+  # Extreme log-variances are clipped: the KL stays finite.
+  huge = np.full(shape, 500.0, np.float32)
+  assert np.all(np.isfinite(losses.gaussian_kl(stats[0], huge, stats[2], -huge)))
+
+
+def test_kl_terms_find_every_latent_whatever_its_prefix():
+  rng = np.random.default_rng(10)
+  stat = lambda: rng.normal(size=(2, 2, 2, 3)).astype(np.float32)
+  cvae = {k: stat() for k in ("post_mean", "post_logvar", "prior_mean", "prior_logvar")}
+  plain = {"mean": stat(), "logvar": stat()}
+  aux = {**cvae, **{f"refine_{k}": v for k, v in plain.items()}, "coarse": stat()}
+  terms = losses.kl_terms(aux)
+  assert set(terms) == {"kl", "refine_kl"}
+  np.testing.assert_allclose(terms["kl"], losses.gaussian_kl(*(cvae[k] for k in cvae)), rtol=1e-6)
+  np.testing.assert_allclose(terms["refine_kl"], losses.kl_divergence(*plain.values()), rtol=1e-6)
+  # Evaluation: prior stats alone have no posterior to compare, so no term.
+  assert losses.kl_terms({"prior_mean": stat(), "prior_logvar": stat()}) == {}
+  # In compute_loss: `kl` is the sum over latents, each weighted by kl_weight.
+  batch = _batch()
+  base = losses.compute_loss(_config("mae"), batch["masked"], aux, batch)[0]
+  loss, out = losses.compute_loss(_config("mae", kl_weight=0.01), batch["masked"], aux, batch)
+  total = np.mean(terms["kl"] + terms["refine_kl"])
+  np.testing.assert_allclose(out["kl"], total, rtol=1e-5)
+  np.testing.assert_allclose(out["refine_kl"], np.mean(terms["refine_kl"]), rtol=1e-5)
+  np.testing.assert_allclose(loss, base + 0.01 * total, rtol=1e-5)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from model_init import RNGS, numpy_init
 
+from mask2face import losses
 from mask2face.models import MODELS, get_model, layers, model_from_config
 
 SIZE = 32
@@ -24,6 +25,7 @@ TINY = {
   "resnet_unet": dict(filters=(4, 8, 16), kernels=(5, 3, 3)),
   "refine_unet": dict(filters=(4, 8), kernels=3),
   "vae_unet": dict(filters=(4, 8, 16), kernels=3, latent_channels=4, dropped_skips=1),
+  "vae_bottleneck_unet": dict(filters=(4, 8, 16), kernels=3, latent_channels=4, dropped_skips=1),
 }
 # Registered models plus the options worth covering separately.
 CASES = {name: (name, TINY.get(name, DEFAULT_TINY)) for name in MODELS}
@@ -51,6 +53,12 @@ def _batch(seed=0, batch=2, size=SIZE):
   return jnp.asarray(np.random.default_rng(seed).random((batch, size, size, 3), np.float32))
 
 
+def _samples_at_eval(case):
+  """Whether the case contains a conditional VAE (it samples its prior at evaluation too)."""
+  name, kwargs = CASES[case]
+  return "vae_unet" in (name, kwargs.get("coarse_model"), kwargs.get("refine_model"))
+
+
 @functools.cache
 def _built(case, dtype="float32"):
   name, kwargs = CASES[case]
@@ -68,7 +76,10 @@ def _jitted(case, train, dtype="float32"):
 def _apply(model, variables, x, *, train, seed=3):
   rngs = {"latent": jax.random.key(seed, impl="rbg"), "dropout": jax.random.key(7, impl="rbg")}
   if train:
-    (pred, aux), updates = model.apply(variables, x, train=True, rngs=rngs, mutable=["batch_stats"])
+    # As the trainer does: the clean image as `target` (only a conditional VAE looks at it).
+    (pred, aux), updates = model.apply(
+      variables, x, train=True, target=1.0 - x, rngs=rngs, mutable=["batch_stats"]
+    )
     return pred, aux, updates
   pred, aux = model.apply(variables, x, train=False, rngs=rngs)
   return pred, aux, {}
@@ -106,9 +117,16 @@ def test_every_parameter_gets_a_gradient(case):
   model, variables = _built(case)
   x, target = _batch(4), _batch(5)
 
+  # The training loss with every term, so parameters reached only through aux (a VAE's prior,
+  # via the KL; a coarse stage) count as wired.
+  config = ml_collections.ConfigDict(
+    dict(name="mae", kl_weight=1e-2, coarse_weight=0.5, masked_weight=1.0, unmasked_weight=1.0)
+  )
+  batch = {"clean": target, "mask": jnp.ones((*target.shape[:3], 1))}
+
   def loss(params):
     pred, aux, _ = _apply(model, {**variables, "params": params}, x, train=True)
-    return jnp.mean(jnp.abs(pred - target))
+    return losses.compute_loss(config, pred, aux, batch)[0]
 
   grads = jax.jit(jax.grad(loss))(variables["params"])
   flat = jax.tree_util.tree_flatten_with_path(grads)[0]
@@ -128,10 +146,16 @@ def test_batch_stats_update_in_training_and_eval_is_deterministic(case):
     assert all(not np.allclose(b, a) for b, a in zip(before, after))
   else:
     assert not updates.get("batch_stats")
-  # Eval: different rng seeds, same output (no sampling, running statistics).
+  # Eval: running statistics; one rng seed, one output. Different seeds give the same output
+  # unless the model samples its prior (a conditional VAE).
   a, _, _ = _jitted(case, False)(variables, x, 10)
+  a2, _, _ = _jitted(case, False)(variables, x, 10)
   b, _, _ = _jitted(case, False)(variables, x, 20)
-  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(a2))
+  if _samples_at_eval(case):
+    assert float(jnp.max(jnp.abs(a - b))) > 1e-5
+  else:
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_batchnorm_takes_axis_name():
@@ -213,16 +237,16 @@ def test_refine_unet_returns_coarse_output():
   assert set(variables["params"]) == {"coarse", "refine"}
 
 
-def test_vae_unet_mean_at_eval_samples_in_training():
-  model, variables = _built("vae_unet")
+def test_vae_bottleneck_unet_mean_at_eval_samples_in_training():
+  model, variables = _built("vae_bottleneck_unet")
   x = _batch(8)
-  eval_a, aux, _ = _jitted("vae_unet", False)(variables, x, 1)
-  eval_b, _, _ = _jitted("vae_unet", False)(variables, x, 2)
+  eval_a, aux, _ = _jitted("vae_bottleneck_unet", False)(variables, x, 1)
+  eval_b, _, _ = _jitted("vae_bottleneck_unet", False)(variables, x, 2)
   np.testing.assert_array_equal(np.asarray(eval_a), np.asarray(eval_b))
   assert aux["mean"].shape == aux["logvar"].shape == (2, SIZE // 8, SIZE // 8, 4)
-  train_a, aux_a, _ = _jitted("vae_unet", True)(variables, x, 1)
-  train_a2, _, _ = _jitted("vae_unet", True)(variables, x, 1)
-  train_b, aux_b, _ = _jitted("vae_unet", True)(variables, x, 2)
+  train_a, aux_a, _ = _jitted("vae_bottleneck_unet", True)(variables, x, 1)
+  train_a2, _, _ = _jitted("vae_bottleneck_unet", True)(variables, x, 1)
+  train_b, aux_b, _ = _jitted("vae_bottleneck_unet", True)(variables, x, 2)
   np.testing.assert_array_equal(np.asarray(train_a), np.asarray(train_a2))
   assert float(jnp.max(jnp.abs(train_a - train_b))) > 1e-4
   # The posterior itself does not depend on the sample.
@@ -231,13 +255,14 @@ def test_vae_unet_mean_at_eval_samples_in_training():
     model.apply(variables, x, train=True, mutable=["batch_stats"])
 
 
-def test_vae_dropped_skips_change_the_decoder():
+@pytest.mark.parametrize("name", ["vae_unet", "vae_bottleneck_unet"])
+def test_vae_dropped_skips_change_the_decoder(name):
   kwargs = dict(filters=(4, 8), kernels=3, latent_channels=2)
-  counts = [_param_count(get_model("vae_unet", dropped_skips=n, **kwargs), 32) for n in (0, 1, 2)]
+  counts = [_param_count(get_model(name, dropped_skips=n, **kwargs), 32) for n in (0, 1, 2)]
   # Each dropped skip removes its channels from the decoder conv's input.
   assert counts[0] > counts[1] > counts[2]
-  with pytest.raises(ValueError, match="dropped_skips"):
-    _built_fail("vae_unet", dropped_skips=3, **kwargs)
+  with pytest.raises(ValueError, match=f"{name}: dropped_skips"):
+    _built_fail(name, dropped_skips=3, **kwargs)
 
 
 def test_summary_counts_parameters_and_flops():

@@ -28,6 +28,7 @@ TINY = {
   "resnet_unet": dict(filters=(8, 16), kernels=3),
   "refine_unet": dict(filters=(8, 16), kernels=3),
   "vae_unet": dict(filters=(8, 16), kernels=3, latent_channels=8, dropped_skips=1),
+  "vae_bottleneck_unet": dict(filters=(8, 16), kernels=3, latent_channels=8, dropped_skips=1),
 }
 
 

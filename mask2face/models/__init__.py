@@ -2,10 +2,13 @@
 
 Every model is a Flax Linen module built as `get_model(config.model_name, **config.model)`;
 `model.apply(variables, masked, train=..., rngs=..., mutable=...)` returns `(pred, aux)`: `pred`
-has the input's shape, float32 in [0, 1]; `aux` is a dict (empty, or `coarse`, `mean`,
-`logvar`). Collections: `params`, `batch_stats` (where norm='batch'); rng streams: `latent`
-(vae_unet, training). A new architecture is one file plus one line in `MODELS`, and
-tests/test_models.py then checks it.
+has the input's shape, float32 in [0, 1]; `aux` is a dict (empty, or `coarse`, a VAE's
+`prior_mean`/`prior_logvar`/`post_mean`/`post_logvar` or `mean`/`logvar`; a second stage's
+keys prefixed `refine_`). Training also passes `target=` the clean image (a conditional VAE's
+posterior sees it; the other models ignore it); evaluation and prediction never do.
+Collections: `params`, `batch_stats` (where norm='batch'); rng streams: `latent` (the VAEs'
+sampling; `sampling.sample_predictions` draws several completions). A new architecture is
+one file plus one line in `MODELS`, and tests/test_models.py then checks it.
 """
 
 import dataclasses
@@ -19,6 +22,7 @@ from mask2face.models.encoder_decoder import EncoderDecoder
 from mask2face.models.refine_unet import RefineUNet
 from mask2face.models.resnet_unet import ResNetUNet
 from mask2face.models.unet import UNet
+from mask2face.models.vae_bottleneck_unet import VAEBottleneckUNet
 from mask2face.models.vae_unet import VAEUNet
 from mask2face.parallel import AXIS
 
@@ -28,6 +32,7 @@ MODELS: dict[str, type[nn.Module]] = {
   "resnet_unet": ResNetUNet,
   "refine_unet": RefineUNet,
   "vae_unet": VAEUNet,
+  "vae_bottleneck_unet": VAEBottleneckUNet,
 }
 
 

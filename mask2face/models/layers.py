@@ -17,6 +17,9 @@ import jax.numpy as jnp
 
 NORMS = ("none", "batch", "group")
 UPSAMPLES = ("transpose", "resize_conv")
+# Latent log-variances are clipped to this range (models and the KL in losses.py alike):
+# exp(logvar) overflows or collapses to 0 outside it, and the KL must stay finite.
+LOGVAR_RANGE = (-20.0, 10.0)
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
   "relu": nn.relu,
   "leaky_relu": nn.leaky_relu,
@@ -256,6 +259,11 @@ class ConvNet(nn.Module):
 
   Subclasses add their own fields after these and may redeclare one to change its default
   (e.g. UNet's `norm = 'none'`); the defaults here are the small U-Net family's.
+
+  Every subclass is called as `__call__(x, train=False, *, target=None) -> (pred, aux)`.
+  `target` is the clean image [B, H, W, C]: the trainer passes it in training steps so a
+  conditional model's posterior can see the hidden face (vae_unet); evaluation and prediction
+  never pass it, and models that do not condition on it ignore it.
 
   Attributes:
     filters: channels per level (the number of levels is its length).

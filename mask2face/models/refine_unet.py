@@ -12,8 +12,9 @@ loss can supervise it too (config.loss.coarse_weight, deep supervision).
 `filters`, `kernels`, `norm`, `activation`, `upsample` apply to both stages unless
 `coarse_kwargs` / `refine_kwargs` override them (per-stage keyword arguments of that model);
 `out_channels` is the refiner's (the coarse stage outputs as many channels as the input).
-Stage 1's own aux (e.g. a VAE's mean/logvar) is passed through; stage 2's gets a `refine_`
-prefix.
+Stage 1's own aux (e.g. a VAE's `prior_mean`, ...) is passed through; stage 2's gets a
+`refine_` prefix (`refine_prior_mean`, ...), which losses.compute_loss reads too, so a VAE in
+either stage has its KL term. `target` (the clean image, in training) goes to both stages.
 """
 
 from collections.abc import Mapping
@@ -59,13 +60,16 @@ class RefineUNet(layers.ConvNet):
     )
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict]:
-    coarse, coarse_aux = self._stage(self.coarse_model, self.coarse_kwargs, "coarse")(x, train)
+  def __call__(
+    self, x: jax.Array, train: bool = False, *, target: jax.Array | None = None
+  ) -> tuple[jax.Array, dict]:
+    coarse_stage = self._stage(self.coarse_model, self.coarse_kwargs, "coarse")
+    coarse, coarse_aux = coarse_stage(x, train, target=target)
     stage2_in = jnp.concatenate([x.astype(jnp.float32), coarse], -1)
     out_channels = self.out_channels or x.shape[-1]
     refine_kwargs = {"out_channels": out_channels, **dict(self.refine_kwargs or {})}
     refine = self._stage(self.refine_model, refine_kwargs, "refine")
-    pred, refine_aux = refine(stage2_in.astype(layers.as_dtype(self.dtype)), train)
+    pred, refine_aux = refine(stage2_in.astype(layers.as_dtype(self.dtype)), train, target=target)
     aux = dict(coarse_aux)
     aux.update({f"refine_{k}": v for k, v in refine_aux.items()})
     aux["coarse"] = coarse

@@ -63,7 +63,10 @@ class ResNetUNet(layers.ConvNet):
     return {k: (v if v is not None else base[k]) for k, v in chosen.items()}
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict]:
+  def __call__(
+    self, x: jax.Array, train: bool = False, *, target: jax.Array | None = None
+  ) -> tuple[jax.Array, dict]:
+    del target  # Not conditioned on the clean image (see layers.ConvNet).
     x, filters, kernels, out_channels, b = self._prepare(x, "resnet_unet")
     act = layers.activation_fn(b.activation)
     # Unlike the U-Nets, most convs here have no activation of their own (residual adds).

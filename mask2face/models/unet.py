@@ -27,7 +27,10 @@ class UNet(layers.ConvNet):
   norm: str = "none"
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict]:
+  def __call__(
+    self, x: jax.Array, train: bool = False, *, target: jax.Array | None = None
+  ) -> tuple[jax.Array, dict]:
+    del target  # Not conditioned on the clean image (see layers.ConvNet).
     h, filters, kernels, out_channels, b = self._prepare(x, "unet")
 
     skips = []
