@@ -7,6 +7,7 @@ overrides a few fields and returns the result. The argument string after the con
 so a run finishes in minutes on a CPU.
 """
 
+import os
 import pathlib
 
 import ml_collections
@@ -32,13 +33,20 @@ def get_config(arg=None):
 
   # --- Data: where faces come from, how pairs are made. -------------------------------------
   config.data = ml_collections.ConfigDict()
-  # 'tfds:lfw', 'tfds:celeb_a', or a folder of images (searched recursively).
+  # 'tfds:lfw', 'tfds:celeb_a', or a folder of images (searched recursively). Several sources,
+  # comma separated ('../shared/data/utkface,../shared/data/faces_color'), are each split on
+  # their own and mixed in training batches by source_weights (mask2face/data/prepare.py).
   config.data.source = "tfds:lfw"
-  # For folders: a regex whose first group is the identity; '' means the parent folder name.
+  # Training batches' share of each source, e.g. '3,1' ('' = in proportion to their sizes).
+  config.data.source_weights = ""
+  # For folders: a regex whose first group is the identity, or a preset ('maskdetect',
+  # 'utkface'); '' means the parent folder name. Several sources: one for all, or one per
+  # source, comma separated in the same order.
   config.data.identity_pattern = ""
   config.data.tfds_data_dir = ""  # '' = TFDS's default data dir.
   config.data.manual_dir = ""  # A folder holding a local archive (e.g. lfw.tgz) for TFDS.
-  config.data.landmarks_cache = ""  # '' = a cache file derived from the source, under ~/.cache.
+  # '' = a cache file derived from the source, under ~/.cache; several sources: one per source.
+  config.data.landmarks_cache = ""
   config.data.image_size = 256
   config.data.margin = 1.0 / 3.0  # Face box widened by this fraction on every side (upstream).
   config.data.level_eyes = False  # Rotate the crop so the eyes are horizontal.
@@ -65,7 +73,7 @@ def get_config(arg=None):
   config.data.eval_seed = 0  # Evaluation masks: fixed per image, seeded by [eval_seed, key].
   config.data.worker_count = 4  # grain worker processes (0 = in the main process).
   config.data.worker_buffer_size = 2
-  # A cap on examples per split (0 = all), for quick runs.
+  # A cap on examples per split (of each source; 0 = all), for quick runs.
   config.data.max_examples = 0
 
   # --- Model: chosen by name from mask2face.models; `model` holds its keyword arguments. -----
@@ -131,8 +139,14 @@ def get_config(arg=None):
   return config
 
 
-# The grayscale LFW subset beside the checkout (see ../shared/data/README.md), if present.
-LOCAL_FACES = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw_gray"
+# Faces beside the checkout (see ../shared/data/README.md) for runlocal, the first present:
+# UTKFace's colour crops, else the grayscale LFW subset. $MASK2FACE_SHARED_DATA overrides
+# where that folder is, as for the tests and experiments.
+SHARED_DATA = pathlib.Path(
+  os.environ.get("MASK2FACE_SHARED_DATA")
+  or pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+)
+LOCAL_FACES = (SHARED_DATA / "utkface", SHARED_DATA / "lfw_gray")
 
 
 def finish(config, arg):
@@ -152,9 +166,14 @@ def finish(config, arg):
 
 
 def apply_runlocal(config):
-  """Shrinks a config so it trains in a couple of minutes on a 2-core CPU."""
-  if LOCAL_FACES.is_dir() and config.data.source.startswith("tfds:"):
-    config.data.source = str(LOCAL_FACES)
+  """Shrinks a config so it trains in a couple of minutes on a 2-core CPU (colour faces)."""
+  if config.data.source.startswith("tfds:"):
+    # UTKFace's files lie in one folder, so each is its own identity with no pattern (as its
+    # `utkface` preset says); leaving identity_pattern alone keeps `--config.data.source=DIR`
+    # overrides of a runlocal config working for any folder.
+    found = [folder for folder in LOCAL_FACES if folder.is_dir()]
+    if found:
+      config.data.source = str(found[0])
   # An eighth of the channels: a 6-level ResNet U-Net at 64x64 steps in about 0.1 s on a CPU.
   if "filters" in config.model:
     config.model.filters = tuple(max(4, f // 8) for f in config.model.filters)

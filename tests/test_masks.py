@@ -15,6 +15,8 @@ from mask2face.data.masks import (
   PROCEDURAL_FAMILIES,
   TEMPLATE_FAMILIES,
   MaskPainter,
+  is_grayscale,
+  procedural,
   templates,
 )
 from mask2face.data.masks.geometry import FaceGeometry, six_points
@@ -131,6 +133,27 @@ def test_template_families(family, template_painter, builtin_faces, shared_faces
   assert family in template_painter.families
   for k, (image, points) in enumerate(builtin_faces + shared_faces):
     _check_paint(template_painter, family, image, points, seed=k)
+
+
+def test_gray_photos_get_gray_masks(template_painter, shared_faces):
+  """A grayscale photo (LFW's gray copy) gets the luma of the mask's colour; colour photos
+  keep coloured masks."""
+  gray_faces = [(i, p) for i, p in shared_faces if is_grayscale(i)]
+  colour_faces = [(i, p) for i, p in shared_faces if not is_grayscale(i)]
+  assert len(gray_faces) == 3 and len(colour_faces) == 3
+  for family in template_painter.families:
+    for k, (image, points) in enumerate(gray_faces):
+      painted = template_painter.paint(image, points, np.random.default_rng(k), family)
+      assert is_grayscale(painted.image), family
+  image, points = gray_faces[0]
+  painted = template_painter.paint(image, points, np.random.default_rng(5), "cloth")
+  coloured, _ = procedural.cloth(FaceGeometry.from_points(points), image, np.random.default_rng(5))
+  luma = cv2.cvtColor(coloured, cv2.COLOR_RGB2GRAY)
+  np.testing.assert_array_equal(painted.image, np.repeat(luma[..., None], 3, axis=2))
+  image, points = colour_faces[0]
+  blue = template_painter.paint(image, points, np.random.default_rng(0), "mtf_surgical_blue")
+  r, _, b = blue.image[blue.mask].astype(float).mean(axis=0)
+  assert b > r + 20  # Still blue.
 
 
 def test_random_family_is_seeded_and_weighted(builtin_faces):

@@ -114,6 +114,16 @@ def test_identity_pattern_on_faces_color(shared_data):
   assert custom.records == source.records
 
 
+def test_utkface_preset_one_identity_per_file(shared_data):
+  folder = shared_data / "utkface"
+  source = sources.get_source(str(folder), identity_pattern="utkface")
+  assert len(source) == len(list(folder.glob("*.jpg.chip.jpg"))) > 8000
+  assert all(r.identity == r.key.removesuffix(".jpg.chip.jpg") for r in source.records)
+  assert len({r.identity for r in source.records}) == len(source)
+  # The same as no pattern (files in the root are their own identities), only explicit.
+  assert [r.key for r in sources.get_source(str(folder)).records] == [r.key for r in source.records]
+
+
 def _lfw_archive(lfw_gray: pathlib.Path, out: pathlib.Path, num_people: int) -> dict[str, int]:
   """Writes `lfw.tgz` in LFW's own layout (`lfw/<Person>/<Person>_NNNN.jpg`)."""
   people = sorted(p for p in lfw_gray.iterdir() if p.is_dir())[:num_people]

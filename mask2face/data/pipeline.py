@@ -13,8 +13,9 @@ crops: 1.2-1.6x faster). 'crop_then_paint' and 'paint_then_crop' force one order
 
 Randomness: a training example's mask, flip and jitter come from
 `np.random.default_rng([seed, epoch, record_index])`, so every epoch sees new masks and a
-rerun sees the same ones; evaluation uses `[eval_seed, hash of the image's key]` and no
-augmentation.
+rerun sees the same ones; evaluation uses `[eval_seed, hash of the image's key]` (its key in
+its own source) and no augmentation. Several sources (prepare.py) are mixed by weight in
+training batches (mixing.py).
 
 Batches are dicts of numpy arrays (see docs/design.md): `masked`, `clean` float32
 [B, H, W, 3] in [0, 1]; `mask` float32 [B, H, W, 1]; `family` int32 [B]; `valid` float32 [B].
@@ -23,113 +24,17 @@ Batches are dicts of numpy arrays (see docs/design.md): `masked`, `clean` float3
 import dataclasses
 import hashlib
 import math
-import os
-import pathlib
 
 import cv2
 import grain.python as grain
 import numpy as np
 from absl import flags, logging
 
-from mask2face.data import crop, landmark_cache, masks, sources, splits
-from mask2face.data import landmarks as landmarks_lib
+from mask2face.data import crop, masks, mixing
+from mask2face.data.prepare import PreparedData
+from mask2face.data.prepare import prepare_data as prepare_data  # The pipeline's entry point.
 
 PAINT_ORDERS = ("auto", "crop_then_paint", "paint_then_crop")
-
-
-@dataclasses.dataclass
-class PreparedData:
-  """A face source, its landmarks (faces only) and its fixed splits."""
-
-  source: sources.FaceSource
-  landmarks: landmarks_lib.LandmarkTable
-  splits: dict[str, list[str]]  # Capped at data.max_examples per split.
-  num_without_face: int  # Source records dropped because no face (or landmarks) was found.
-  landmarks_path: str = ""
-
-  def num_examples(self, split: str) -> int:
-    return len(self.splits[split])
-
-
-def _has_face(table, key) -> bool:
-  return key in table  # The table holds faces only; `table.problems` says why others are not.
-
-
-def prepare_data(data_config, *, workdir=None) -> PreparedData:
-  """Opens the source, loads (or computes) its landmark cache and fixes the splits.
-
-  Args:
-    data_config: the `config.data` section (see configs/common.py).
-    workdir: when given, the splits are written to `workdir/splits.json` on the first run and
-      read back on later runs, so a resumed run never sees a different split.
-
-  Returns:
-    PreparedData; records without a face are dropped and counted.
-  """
-  source = sources.get_source(
-    data_config.source,
-    identity_pattern=data_config.identity_pattern,
-    tfds_data_dir=data_config.tfds_data_dir,
-    manual_dir=data_config.manual_dir,
-  )
-  path = data_config.landmarks_cache or landmarks_lib.default_cache_path(data_config.source)
-  path = pathlib.Path(path).expanduser()
-  if path.exists():
-    logging.info("Loading landmarks from %s", path)
-    table = landmarks_lib.load_cache(path)
-  else:
-    logging.info("Computing landmarks for %d images of %s into %s", len(source), source.name, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Worker processes take seconds to start (dlib models): small sources stay in-process.
-    workers = max(1, min(data_config.worker_count or os.cpu_count() or 1, len(source) // 50))
-    table = landmark_cache.compute_cache(source, path, workers=workers)
-  records = [r for r in source.records if _has_face(table, r.key)]
-  num_without_face = len(source.records) - len(records)
-  if num_without_face:
-    logging.warning(
-      "%d of %d images of %s have no face landmarks and are dropped",
-      num_without_face,
-      len(source.records),
-      source.name,
-    )
-  if not records:
-    raise ValueError(f"no image of {source.name} has face landmarks (cache: {path})")
-
-  split_path = pathlib.Path(workdir) / "splits.json" if workdir else None
-  if split_path is not None and split_path.exists():
-    logging.info("Reading the splits of a previous run from %s", split_path)
-    the_splits = splits.read_splits(split_path)
-    face_keys = {r.key for r in records}
-    for name, keys in the_splits.items():
-      missing = [k for k in keys if k not in face_keys]
-      if missing:
-        raise ValueError(
-          f"{split_path}: split {name!r} names {len(missing)} images that have no landmarks in "
-          f"{path} (first: {missing[0]!r}); the source or cache changed since the split was made"
-        )
-  else:
-    the_splits = splits.make_splits(
-      records,
-      seed=data_config.split_seed,
-      test_size=data_config.test_size,
-      val_fraction=data_config.val_fraction,
-    )
-    if split_path is not None:
-      split_path.parent.mkdir(parents=True, exist_ok=True)
-      splits.write_splits(split_path, the_splits)
-  # The cap applies after the split is fixed (and written), so quick runs share its test set.
-  capped = {
-    k: _cap(list(v), int(data_config.max_examples), data_config.split_seed)
-    for k, v in the_splits.items()
-  }
-  logging.info("Splits of %s: %s", source.name, {k: len(v) for k, v in capped.items()})
-  return PreparedData(
-    source=source,
-    landmarks=table,
-    splits=capped,
-    num_without_face=num_without_face,
-    landmarks_path=str(path),
-  )
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,9 +211,10 @@ class _PhotoSource(grain.RandomAccessDataSource):
   """Random access to (record index, photo, landmarks) for one split; indices past the split
   (evaluation padding) return a placeholder."""
 
-  def __init__(self, source, keys, points, *, name, num_padded=0):
+  def __init__(self, source, keys, points, *, name, num_padded=0, seed_keys=None):
     self._source = source
     self._keys = list(keys)
+    self._seed_keys = list(seed_keys or self._keys)  # What evaluation masks are seeded by.
     self._points = points
     self._name = name
     self._length = len(self._keys) + num_padded
@@ -329,7 +235,7 @@ class _PhotoSource(grain.RandomAccessDataSource):
     return {
       "index": record_index,
       "key": key,
-      "key_id": _key_id(key),
+      "key_id": _key_id(self._seed_keys[record_index]),
       "image": image,
       "points": self._points[record_index],
     }
@@ -399,15 +305,6 @@ class _DropFailed(grain.FilterTransform):
     return element is not None
 
 
-def _cap(keys: list[str], cap: int, seed: int) -> list[str]:
-  """At most `cap` keys (0 = all): a seeded sample, in the split's order, rather than the
-  first keys (which would be a handful of identities)."""
-  if not cap or len(keys) <= cap:
-    return keys
-  chosen = np.random.default_rng([seed, len(keys)]).choice(len(keys), cap, replace=False)
-  return [keys[i] for i in sorted(chosen)]
-
-
 def _split_keys(prepared: PreparedData, split: str) -> list[str]:
   if split not in prepared.splits:
     raise ValueError(f"unknown split {split!r}; expected one of {sorted(prepared.splits)}")
@@ -446,6 +343,9 @@ def train_loader(
     seed: shuffling, masks and augmentation (also mixed with the epoch).
     shard_index, shard_count: this host's slice of the data (jax.process_index/count()).
 
+  Several sources are drawn by `data.source_weights` ('' = in proportion to their train
+  splits), each reshuffled every one of its own epochs (mixing.MixedSampler).
+
   Returns:
     a `grain.DataLoader`; `iter(loader)` gives an iterator with `get_state()`/`set_state()`,
     saved by orbax with `grain.python.PyGrainCheckpointSave(iterator)`.
@@ -460,7 +360,14 @@ def train_loader(
   source = _PhotoSource(prepared.source, keys, _points(prepared, keys), name="train")
   # The sampler shuffles the whole split each epoch; the loader hands each host every
   # shard_count-th element, so hosts never see the same example in an epoch.
-  sampler = _EpochSampler(num_records=len(keys), shuffle=True, seed=int(seed), num_epochs=None)
+  if len(prepared.parts) > 1:
+    sizes = [len(part.splits["train"]) for part in prepared.parts]
+    tags = [part.tag for part in prepared.parts]
+    weights = mixing.mixing_weights(data_config.get("source_weights", ""), sizes, tags)
+    logging.info("Mixing %s in training batches with weights %s", tags, weights)
+    sampler = mixing.MixedSampler(sizes, weights, int(seed))
+  else:
+    sampler = _EpochSampler(num_records=len(keys), shuffle=True, seed=int(seed), num_epochs=None)
   options = PairOptions.from_config(data_config)
   return grain.DataLoader(
     data_source=source,
@@ -496,7 +403,12 @@ def eval_batches(
   keys = _split_keys(prepared, split)
   total = num_eval_batches(len(keys), batch_size, shard_count) * batch_size * shard_count
   source = _PhotoSource(
-    prepared.source, keys, _points(prepared, keys), name=split, num_padded=total - len(keys)
+    prepared.source,
+    keys,
+    _points(prepared, keys),
+    name=split,
+    num_padded=total - len(keys),
+    seed_keys=[prepared.seed_key(k) for k in keys],
   )
   sampler = grain.IndexSampler(num_records=total, shuffle=False, num_epochs=1)
   options = PairOptions.from_config(data_config)

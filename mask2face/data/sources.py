@@ -32,8 +32,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 # Named identity patterns for folders whose file names carry the identity. `maskdetect`: the
 # Face-Mask-Detection crops, `X_Y_<name>_NNNN.jpg` (e.g. `0_0_anhu_0004.jpg` -> `anhu`).
+# `utkface`: UTKFace's `<age>_<gender>_<race>_<datetime>.jpg.chip.jpg` crops carry no identity
+# label, so each file is its own identity (the whole name before `.jpg.chip.jpg`).
 IDENTITY_PATTERNS = {
   "maskdetect": r"^\d+_\d+_(.+)_\d+\.[A-Za-z]+$",
+  "utkface": r"^(.+)\.jpg\.chip\.jpg$",
 }
 
 # The TFDS datasets this project reads, and the feature holding each one's identity.

@@ -2,7 +2,7 @@
 
 `MaskPainter` picks a family (by name, by weight or uniformly at random), paints it, and
 returns the masked photo, the binary mask (the pixels it covers: anti-aliased alpha >= 0.5)
-and the family name. Procedural families are drawn from the landmarks (procedural.py);
+and the family name. A grayscale photo (R == G == B) gets a grayscale mask. Procedural families are drawn from the landmarks (procedural.py);
 `mtf_*` families place MaskTheFace templates and need a template folder (templates.py).
 
   painter = MaskPainter(families="all", templates_dir="path/to/masktheface")
@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mask2face.data.masks import procedural, templates
+from mask2face.data.masks import procedural, render, templates
 from mask2face.data.masks.geometry import FaceGeometry
 
 PROCEDURAL_FAMILIES = tuple(procedural.FAMILIES)
@@ -104,7 +104,8 @@ class MaskPainter:
     """Paints one mask on a copy of `image` (uint8 HxWx3 RGB) at landmarks `points` (68, 2).
 
     The family is `family` when given, otherwise drawn from `rng` with the painter's
-    weights; everything random comes from `rng`, so its state fixes the result.
+    weights; everything random comes from `rng`, so its state fixes the result. On a
+    grayscale photo (every pixel R == G == B) the mask is painted in gray (its luma).
     """
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -122,7 +123,25 @@ class MaskPainter:
       if self.library is None or family not in self.library.families:
         raise ValueError(f"mask family {family!r} needs a MaskTheFace templates_dir holding it")
       out, mask = templates.paint_template(self.library, family, geom, image, rng)
+    if is_grayscale(image):
+      # A coloured mask on a gray photo is found by its colour alone. Luma of a gray pixel is
+      # that pixel, so only the mask (and its blended edge) changes.
+      out = np.repeat(render.gray(out)[..., None], 3, axis=2)
     return Painted(out, mask, family)
 
 
-__all__ = ["FAMILY_NAMES", "MaskPainter", "Painted", "PROCEDURAL_FAMILIES", "TEMPLATE_FAMILIES"]
+def is_grayscale(image: np.ndarray) -> bool:
+  """Whether every pixel of an RGB image has R == G == B (e.g. LFW's grayscale copy)."""
+  return bool(
+    np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2])
+  )
+
+
+__all__ = [
+  "FAMILY_NAMES",
+  "MaskPainter",
+  "Painted",
+  "PROCEDURAL_FAMILIES",
+  "TEMPLATE_FAMILIES",
+  "is_grayscale",
+]

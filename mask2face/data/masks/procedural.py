@@ -3,7 +3,7 @@
 Each family is a function `(geom, image, rng) -> (image, mask)`. Shapes are built in the face
 frame (geometry.py), so they follow the jaw, the nose bridge and the head's roll; per-sample
 jitter (fit, height, attachment points, colours, patterns, light) all comes from `rng`, so a
-seed fixes the result. Sizes are in units of the eye distance (`iod`) to be resolution-free.
+seed fixes the result. The light comes from the visible upper face only (render.py). Sizes are in units of the eye distance (`iod`) to be resolution-free.
 """
 
 import colorsys
@@ -106,16 +106,18 @@ def _pattern(canvas, rng, base, iod: float, kind: str) -> np.ndarray:
 
 
 def _finish(geom, face: _Face, image, canvas, alpha, albedo, rng):
-  """Shades the albedo from the face's brightness and a light, then composites."""
+  """Shades the albedo with the upper face's light and random soft shadows, then composites.
+
+  Nothing here reads the pixels the mask covers (see render.visible_lighting).
+  """
   if canvas is None:
     return render.composite(image, None, None, None)
-  gray = render.gray(image[canvas.y0 : canvas.y1, canvas.x0 : canvas.x1])
-  face_lum = render.face_luminance(gray, alpha)
+  light = render.visible_lighting(image, geom)
   center, radii = face.ellipsoid()
-  shade = render.light_shading(canvas, rng, center, radii)
-  shade *= render.local_shading(gray, face_lum, strength=rng.uniform(0.3, 0.7))
+  shade = render.light_shading(canvas, rng, center, radii, side=light.side)
+  shade *= render.soft_shading(canvas.shape, rng, amount=rng.uniform(0.03, 0.12))
   # Darker photos get darker masks; the offset keeps a white mask white in a bright photo.
-  shade *= np.float32(np.clip(0.3 + 0.95 * face_lum, 0.35, 1.15))
+  shade *= np.float32(np.clip(0.3 + 0.95 * light.level, 0.35, 1.15))
   colour = albedo * shade[..., None]
   # Fine grain, so flat colours do not look painted.
   grain = rng.standard_normal(colour.shape[:2], dtype=np.float32) * np.float32(0.012)

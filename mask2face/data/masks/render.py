@@ -1,13 +1,19 @@
 """Rasterising, shading and compositing a mask inside the face's region of interest.
 
 Every family (procedural or template) ends here: its coverage (alpha) and colour (albedo or
-premultiplied colour) are computed only over a box around the mask, shaded from the face's
-own brightness and a light direction, and blended into a copy of the photo. The binary mask
-is the alpha thresholded at 0.5; alpha that could change pixels away from it is dropped so
-that the binary mask and the changed pixels agree up to the anti-aliased edge.
+premultiplied colour) are computed only over a box around the mask, shaded, and blended into a
+copy of the photo. The binary mask is the alpha thresholded at 0.5; alpha that could change
+pixels away from it is dropped so that the binary mask and the changed pixels agree up to the
+anti-aliased edge.
+
+Shading never reads the pixels a mask covers: a mask whose brightness followed the skin it
+hides would tell a model what lies beneath it (real masks do not). The light is measured on
+the visible upper face (`visible_lighting`: brows, eyes, upper cheeks, all above the eye guard
+that cuts every mask's alpha) and the rest is drawn at random.
 """
 
 import dataclasses
+import typing
 
 import cv2
 import numpy as np
@@ -71,11 +77,48 @@ def make_canvas(geom: FaceGeometry, image_shape, polys_uv, pad: float = 3.0) -> 
   return Canvas(geom, x0, y0, x1, y1, u=dx * ex[0] + dy * ex[1], v=dx * ey[0] + dy * ey[1])
 
 
-def face_luminance(gray_roi: np.ndarray, alpha: np.ndarray) -> float:
-  """Mean luminance in [0, 1] of the face pixels the mask will cover (not the whole photo)."""
-  covered = (alpha >= 0.5).astype(np.uint8)
-  mean = cv2.mean(gray_roi, mask=covered)[0] if covered.any() else float(gray_roi.mean())
-  return mean / 255.0
+class Lighting(typing.NamedTuple):
+  """The light on a face, as seen on its visible upper face."""
+
+  level: float = 0.5  # Median luminance in [0, 1].
+  value: float = 0.55  # Median HSV value (brightest channel) in [0, 1].
+  side: float = 0.0  # (right - left) / (right + left) median luminance: > 0 lit from image-right.
+
+
+# Fewer measured pixels than this (a face cut off by the photo's edge) give the defaults.
+_MIN_LIGHT_PIXELS = 16
+
+
+def visible_lighting(image: np.ndarray, geom: FaceGeometry) -> Lighting:
+  """The light on the upper face: the band from above the brows down to the eye guard.
+
+  No mask reaches there: `composite` cuts every alpha to 0 from 0.5 px above the guard, so the
+  binary mask starts at the guard and its blended edge within 1.5 px of it; the band ends 2 px
+  above it. So nothing under the mask ever reaches a mask's colour. Medians keep the dark eyes
+  and brows from dominating.
+  """
+  fp = geom.face_points
+  top = float(fp[17:27, 1].min()) - 0.3 * geom.iod  # Some forehead, when the photo has it.
+  bottom = geom.eye_guard_v() - 2.0
+  left, right = float(fp[[0, 16], 0].min()), float(fp[[0, 16], 0].max())
+  band = np.array([[left, top], [right, top], [right, bottom], [left, bottom]])
+  canvas = make_canvas(geom, image.shape, [band], pad=0.0)
+  if canvas is None or bottom <= top:
+    return Lighting()
+  u, v = canvas.u, canvas.v
+  inside = (v >= top) & (v <= bottom) & (u >= left) & (u <= right)
+  if inside.sum() < _MIN_LIGHT_PIXELS:
+    return Lighting()
+  roi = image[canvas.y0 : canvas.y1, canvas.x0 : canvas.x1]
+  lum = gray(roi)[inside].astype(np.float32)
+  value = roi.max(axis=2)[inside].astype(np.float32)
+  mid = 0.5 * (left + right)
+  halves = [lum[u[inside] < mid], lum[u[inside] >= mid]]
+  side = 0.0
+  if min(h.size for h in halves) >= _MIN_LIGHT_PIXELS:
+    lo, hi = (float(np.median(h)) for h in halves)
+    side = (hi - lo) / max(hi + lo, 1.0)
+  return Lighting(float(np.median(lum)) / 255.0, float(np.median(value)) / 255.0, side)
 
 
 def gray(image_roi: np.ndarray) -> np.ndarray:
@@ -83,21 +126,28 @@ def gray(image_roi: np.ndarray) -> np.ndarray:
   return cv2.cvtColor(np.ascontiguousarray(image_roi), cv2.COLOR_RGB2GRAY)
 
 
-def local_shading(gray_roi: np.ndarray, face_lum: float, strength: float) -> np.ndarray:
-  """Low-frequency brightness of the face relative to its mean, so shadows carry onto the mask."""
-  h, w = gray_roi.shape
-  small = cv2.resize(gray_roi, (max(1, w // 12), max(1, h // 12)), interpolation=cv2.INTER_AREA)
-  low = cv2.resize(small.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-  ratio = np.clip(low * np.float32(1.0 / (255.0 * max(face_lum, 0.05))), 0.6, 1.4)
-  return ratio ** np.float32(strength)
+def light_direction(rng: np.random.Generator, side: float) -> float:
+  """The light's left/right component: the upper face's balance, blurred by a random draw."""
+  return float(np.clip(1.5 * side + rng.uniform(-0.4, 0.4), -0.7, 0.7))
 
 
-def light_shading(canvas: Canvas, rng: np.random.Generator, center, radii) -> np.ndarray:
-  """Lambert shading of an ellipsoid fitted to the lower face, lit from a random direction."""
+def soft_shading(shape, rng: np.random.Generator, amount: float) -> np.ndarray:
+  """Random low-frequency brightness in [1 - amount, 1 + amount]: soft shadows and creases."""
+  h, w = shape
+  grid = rng.uniform(-1.0, 1.0, (3, 3)).astype(np.float32)
+  field = cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+  return 1.0 + np.float32(amount) * np.clip(field, -1.0, 1.0)
+
+
+def light_shading(
+  canvas: Canvas, rng: np.random.Generator, center, radii, side: float = 0.0
+) -> np.ndarray:
+  """Lambert shading of an ellipsoid fitted to the lower face; the light comes from the side
+  the visible upper face is brighter on (`side`, see `Lighting`), jittered at random."""
   un = (canvas.u - np.float32(center[0])) / np.float32(radii[0])
   vn = (canvas.v - np.float32(center[1])) / np.float32(radii[1])
   nz = np.sqrt(np.clip(1.0 - 0.7 * un * un - 0.3 * vn * vn, 0.05, 1.0))
-  light = np.array([rng.uniform(-0.7, 0.7), rng.uniform(-0.6, 0.2), 1.0], dtype=np.float32)
+  light = np.array([light_direction(rng, side), rng.uniform(-0.6, 0.2), 1.0], dtype=np.float32)
   light /= np.linalg.norm(light)
   lambert = (0.8 * un * light[0] + 0.5 * vn * light[1] + nz * light[2]) / np.sqrt(
     0.64 * un * un + 0.25 * vn * vn + nz * nz

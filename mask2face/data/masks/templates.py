@@ -5,8 +5,8 @@ A folder holds `masks/masks.cfg`, an INI file with one section per template (`[s
 six anchors `mask_a` ... `mask_f` (`x, y` in template pixels). A template is placed the
 MaskTheFace way: the variant is picked by the head's tilt, a homography maps its six anchors
 onto the face's six points, and the warped alpha is the mask. Unlike upstream, the brightness
-is matched to the face region the mask covers (not the whole photo), the face's own shading
-carries onto the mask, and the edges keep their anti-aliasing.
+is matched to the visible upper face (not the whole photo, and never the skin the mask hides),
+the light's side comes from it too, and the edges keep their anti-aliasing.
 """
 
 import configparser
@@ -201,21 +201,17 @@ def paint_template(
   )
   alpha = warped[..., 3]
   colour = warped[..., :3]
-  roi = image[canvas.y0 : canvas.y1, canvas.x0 : canvas.x1]
-  gray = render.gray(roi)
-  face_lum = render.face_luminance(gray, alpha)
-  # Upstream's brightness rule (1 + difference of mean HSV values), but measured on the
-  # face region under the mask rather than on the whole photo.
-  face_value = _face_value(roi, alpha)
-  delta = float(np.clip(1.0 + face_value - t.brightness, 0.3, 1.5))
-  shade = render.local_shading(gray, face_lum, strength=0.5) * np.float32(delta)
+  light = render.visible_lighting(image, geom)
+  # Upstream's brightness rule (1 + difference of mean HSV values), with the face's value
+  # measured on the visible upper face: never on the skin the mask hides.
+  delta = float(np.clip(1.0 + light.value - t.brightness, 0.3, 1.5))
+  fp = geom.face_points
+  mid_u, half_w = float(fp[[0, 16], 0].mean()), max(float(np.ptp(fp[[0, 16], 0])) / 2.0, 1.0)
+  across = np.clip((canvas.u - np.float32(mid_u)) / np.float32(half_w), -1.0, 1.0)
+  # The side the light comes from is brighter; the rest of the shading is random.
+  shade = 1.0 + np.float32(0.25 * render.light_direction(rng, light.side)) * across
+  shade *= render.soft_shading(canvas.shape, rng, amount=rng.uniform(0.02, 0.08))
+  shade *= np.float32(delta)
   # Capped just below white: a lit white mask on a blown-out background still shows.
   colour = np.minimum(colour * shade[..., None], 0.98 * alpha[..., None])
   return render.composite(image, canvas, alpha, colour, premultiplied=True, eye_guard_v=guard)
-
-
-def _face_value(roi: np.ndarray, alpha: np.ndarray) -> float:
-  """Mean HSV value (max channel) in [0, 1] of the face pixels under the mask."""
-  covered = (alpha >= 0.5).astype(np.uint8)
-  value = np.maximum(np.maximum(roi[..., 0], roi[..., 1]), roi[..., 2])
-  return (cv2.mean(value, mask=covered)[0] if covered.any() else float(value.mean())) / 255.0
