@@ -4,9 +4,12 @@ Whoever reads a mask2face file (a resumed run reading its splits, a grid runner 
 `results.json`, a notebook, another host) sees the old file or the whole new one, never a torn
 write; a crash leaves at most a stray `.<name>.*.tmp` file, and never a truncated result.
 `read_json` is the reading side: its errors name the file and what it should have been.
+Remote paths (`gs://...`, through etils.epath) are written whole from memory: an object store
+publishes an object only once its upload completes, which is atomic already.
 """
 
 import contextlib
+import io
 import json
 import os
 import pathlib
@@ -18,6 +21,14 @@ from typing import IO, Any
 @contextlib.contextmanager
 def open_for_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
   """Yields a file to write; on success it replaces `path` in one step, on error it vanishes."""
+  if _is_remote(path):
+    from etils import epath
+
+    buffer = io.BytesIO() if "b" in mode else io.StringIO()
+    yield buffer
+    with epath.Path(path).open(mode) as f:
+      f.write(buffer.getvalue())
+    return
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -29,6 +40,10 @@ def open_for_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     os.replace(tmp, path)
   finally:
     pathlib.Path(tmp).unlink(missing_ok=True)
+
+
+def _is_remote(path) -> bool:
+  return "://" in os.fspath(path)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -62,7 +77,12 @@ def read_json(path: str | os.PathLike, *, what: str = "JSON file") -> Any:
     FileNotFoundError: `path` does not exist.
     ValueError: `path` is not valid UTF-8 JSON.
   """
-  path = pathlib.Path(path)
+  if _is_remote(path):
+    from etils import epath
+
+    path = epath.Path(path)
+  else:
+    path = pathlib.Path(path)
   try:
     return json.loads(path.read_text())
   except FileNotFoundError:

@@ -3,7 +3,9 @@
 - `RunProgress`: early stopping and training-time totals, saved with every checkpoint as JSON.
 - `StepClock`: seconds spent training, with compilation, evaluation and checkpointing left out;
   `log_progress` writes the progress line from its rates.
-- `MetricsLog`: `workdir/metrics.jsonl`, one JSON object per logged step.
+- `MetricsLog`: `workdir/metrics.jsonl`, one JSON object per logged step; `RunLog`: everything
+  a training run writes as it goes (TensorBoard, metrics.jsonl, image grids; process 0 only),
+  and `train_scalars`, the means it logs.
 - `results_record`: the `workdir/results.json` of a finished run, read by `experiments.report`;
   `log_results` writes its test line.
 - `git_commit`: the checkout's commit, recorded by the trainer and by the experiment runner.
@@ -50,27 +52,46 @@ def _to_python(v):
 
 
 class MetricsLog:
-  """`workdir/metrics.jsonl`: one JSON object per logged step, read by notebooks with pandas."""
+  """`workdir/metrics.jsonl`: one JSON object per logged step, read by notebooks with pandas.
 
-  def __init__(self, path: pathlib.Path, *, resume_step: int, enabled: bool = True):
-    self.path = path
+  `path` may be remote (`gs://...`, an etils.epath): object stores cannot append, so there the
+  whole file is rewritten at each line (it is small).
+  """
+
+  def __init__(self, path, *, resume_step: int, enabled: bool = True):
+    from etils import epath
+
+    self.path = epath.Path(path)
     self.enabled = enabled
-    if enabled and path.exists():
+    self._remote = "://" in str(path)
+    self._text = ""
+    if enabled and self.path.exists():
       # Lines past the resumed checkpoint describe steps that will be trained again: drop them.
-      kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= resume_step
-      ]
-      atomic.write_text(path, "".join(line + "\n" for line in kept))
+      kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= resume_step]
+      self._text = "".join(line + "\n" for line in kept)
+      atomic.write_text(self.path, self._text)
 
   def write(self, step: int, values: Mapping[str, Any]) -> None:
     """Appends one line: a reader sees every line written so far (a log, not a snapshot)."""
     if not self.enabled:
       return
     record = {"step": int(step), **{k: _to_python(v) for k, v in values.items()}}
-    with self.path.open("a") as f:
-      f.write(json.dumps(record) + "\n")
+    line = json.dumps(record) + "\n"
+    if self._remote:
+      self._text += line
+      atomic.write_text(self.path, self._text)
+    else:
+      with self.path.open("a") as f:
+        f.write(line)
+
+
+def _step_of(line: str) -> float:
+  """A metrics.jsonl line's step; +inf for a blank line or one torn by a kill mid-write."""
+  try:
+    return json.loads(line).get("step", 0) if line.strip() else math.inf
+  except json.JSONDecodeError:
+    logging.warning("Dropping a torn line of metrics.jsonl: %r", line[:80])
+    return math.inf
 
 
 def git_commit() -> str:
@@ -227,6 +248,57 @@ def _format_secs(secs: float) -> str:
   """H:MM:SS."""
   secs = int(max(secs, 0))
   return f"{secs // 3600}:{secs % 3600 // 60:02d}:{secs % 60:02d}"
+
+
+# --- What a run writes while it trains. ---------------------------------------------------
+
+
+class RunLog:
+  """A run's records: TensorBoard (clu), `metrics.jsonl` and image grids.
+
+  Only process 0 writes files; the other hosts log to the console.
+  """
+
+  def __init__(self, config, workdir, *, resume_step: int):
+    import jax
+    from clu import metric_writers
+
+    self.is_main = jax.process_index() == 0
+    self.writer = metric_writers.create_default_writer(str(workdir), just_logging=not self.is_main)
+    self.jsonl = MetricsLog(
+      workdir / "metrics.jsonl", resume_step=resume_step, enabled=self.is_main
+    )
+    self.images = workdir / "images"
+    if self.is_main:
+      self.images.mkdir(parents=True, exist_ok=True)
+      hparams = {
+        k: v for k, v in config.to_dict().items() if isinstance(v, int | float | str | bool)
+      }
+      self.writer.write_hparams(hparams)
+
+  def scalars(self, step: int, scalars: Mapping[str, float], *, jsonl: bool = True) -> None:
+    self.writer.write_scalars(step, scalars)
+    if jsonl:
+      self.jsonl.write(step, scalars)
+
+  def grid(self, name: str, step: int, grid: np.ndarray | None, *, tag: str = "") -> None:
+    """Writes `images/<name>.png` (and to TensorBoard under `tag`, if given)."""
+    if grid is None or not self.is_main:
+      return
+    atomic.write_image(self.images / f"{name}.png", grid)
+    if tag:
+      self.writer.write_images(step, {tag: grid[None]})
+
+
+def train_scalars(pending, step: int, lr_fn, clock: StepClock, batch_size: int) -> dict[str, float]:
+  """Means of the steps since the last log line, the learning rate and the throughput."""
+  import jax
+
+  fetched = jax.device_get([m for _, m in pending])
+  scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != "train_finite"}
+  scalars["learning_rate"] = float(lr_fn(step - 1))
+  scalars.update(clock.take_rates(batch_size))
+  return scalars
 
 
 # --- The results record. -----------------------------------------------------------------------

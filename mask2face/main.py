@@ -12,6 +12,7 @@ import os
 
 import jax
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
 from mask2face import cli, train
@@ -64,6 +65,16 @@ def setup_compilation_cache(cache_dir: str, min_compile_secs: float = 1.0) -> No
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def distributed_args(environ=os.environ) -> dict[str, int]:
+  """`jax.distributed.initialize` arguments from `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`.
+
+  JAX reads `JAX_COORDINATOR_ADDRESS` itself but not these two; without them ({}) it detects
+  the cluster (TPU VM pods, SLURM, Open MPI, Kubernetes) on its own.
+  """
+  names = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
+  return {arg: int(environ[name]) for arg, name in names.items() if environ.get(name)}
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
@@ -71,10 +82,15 @@ def main(argv):
   config = FLAGS.config
   # Process set-up, before anything touches a device or compiles.
   if config.multihost:
-    jax.distributed.initialize()
+    jax.distributed.initialize(**distributed_args())
   setup_compilation_cache(config.compilation_cache_dir, config.compilation_cache_min_secs)
   train.train_and_evaluate(config, FLAGS.workdir)
-  cli.emit(f"Done: results in {FLAGS.workdir}/results.json")
+  if jax.process_index() != 0:
+    return
+  if (epath.Path(FLAGS.workdir).expanduser() / "results.json").exists():
+    cli.emit(f"Done: results in {FLAGS.workdir}/results.json")
+  else:  # Preempted (SIGTERM): a checkpoint was saved.
+    cli.emit(f"Stopped early to be preempted: rerun the same command to resume {FLAGS.workdir}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ which gives exactly those semantics (with the default `check_vma=True` gradients
 parameters come out already summed over the axis, and a further pmean would be wrong).
 """
 
-from collections.abc import Callable, Sequence
+import collections
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -80,3 +81,73 @@ def fetch(tree: Any) -> Any:
   from jax.experimental import multihost_utils
 
   return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def local_rows(tree: Any) -> Any:
+  """This host's rows of arrays split over `'data'` (`P('data')`), as numpy.
+
+  The inverse of `shard_batch`: each host gets back the rows it passed in, in order, without
+  any traffic between hosts (an evaluation's predictions stay where they were made).
+  """
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+
+  def rows(x):
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+    return np.concatenate([np.asarray(s.data) for s in shards])
+
+  return jax.tree.map(rows, tree)
+
+
+def gather_hosts(tree: Any) -> Any:
+  """Host-local numpy arrays concatenated over hosts along axis 0, host 0's rows first.
+
+  Every host must pass the same structure and shapes; one host returns its input.
+  """
+  if jax.process_count() == 1:
+    return tree
+  from jax.experimental import multihost_utils
+
+  return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+def all_hosts(flag: bool) -> bool:
+  """True when `flag` is true on every host (a collective: every host must call it)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.all(gather_hosts(np.asarray([flag]))))
+
+
+def sync(name: str) -> None:
+  """A barrier across hosts (no-op on one host); `name` should be unique per call site."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+class DevicePrefetch(Iterator[dict[str, jax.Array]]):
+  """Batches of `iterator`, sharded on `mesh` up to `size` steps ahead of the one running.
+
+  As `flax.jax_utils.prefetch_to_device`, for `shard_batch`'s global arrays: the copy to the
+  devices of the next batches overlaps the current step. `get_state()` is the wrapped (grain)
+  iterator's state just after the last batch handed out, so a checkpoint records the batches
+  really trained on; the prefetched ones are read again after a restore.
+  """
+
+  def __init__(self, iterator, mesh: Mesh, size: int = 2):
+    self._iterator = iterator
+    self._mesh = mesh
+    self._size = max(int(size), 1)
+    self._queue: collections.deque = collections.deque()
+    self._state = iterator.get_state()
+
+  def __next__(self) -> dict[str, jax.Array]:
+    while len(self._queue) < self._size:
+      batch = shard_batch(next(self._iterator), self._mesh)
+      self._queue.append((batch, self._iterator.get_state()))
+    batch, self._state = self._queue.popleft()
+    return batch
+
+  def get_state(self):
+    return self._state

@@ -11,9 +11,8 @@ timing, metrics.jsonl, results.json) are `mask2face.bookkeeping`'s; process set-
 
 import functools
 import json
-import pathlib
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax
@@ -23,10 +22,11 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from mask2face import atomic, bookkeeping, parallel
+from mask2face import bookkeeping, checkpointing, evaluation, parallel
 from mask2face.checkpointing import Checkpointer
 
 AXIS = parallel.AXIS
@@ -63,16 +63,23 @@ def create_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
   return mesh
 
 
-def create_input_pipelines(config: ml_collections.ConfigDict, workdir: pathlib.Path | None):
+def create_input_pipelines(config: ml_collections.ConfigDict, workdir: epath.Path):
   """This host's share of the data: (train iterator, split -> eval batches, train examples).
 
   Each host reads only the examples its own devices train on. The train iterator is endless
-  and checkpointable (grain); `eval_batches(split)` is one pass with a padded last batch.
-  `workdir` (the main host's) receives `splits.json`.
+  and checkpointable (grain); `eval_batches(split)` gives that split's `pipeline.EvalBatches`
+  (one per split, kept for the run, so its grain workers start once). Process 0 goes first:
+  it builds any missing landmark cache (minutes of dlib) and writes `workdir/splits.json`
+  while the other hosts wait at a barrier; then they read the cache (put it on storage every
+  host sees) and make the same splits from the same seed.
   """
   from mask2face.data import pipeline
 
-  prepared = pipeline.prepare_data(config.data, workdir=None if workdir is None else str(workdir))
+  if jax.process_index() == 0:
+    prepared = pipeline.prepare_data(config.data, workdir=workdir)
+  parallel.sync("mask2face: landmark caches and splits ready")
+  if jax.process_index() != 0:
+    prepared = pipeline.prepare_data(config.data, workdir=None)
   num_train_examples = prepared.num_examples("train")  # Capped at data.max_examples.
   n_hosts = jax.process_count()
   shard = dict(shard_index=jax.process_index(), shard_count=n_hosts)
@@ -81,6 +88,7 @@ def create_input_pipelines(config: ml_collections.ConfigDict, workdir: pathlib.P
   )
   eval_batch_size = (config.eval_batch_size or config.batch_size) // n_hosts
 
+  @functools.cache
   def eval_batches(split: str):
     return pipeline.eval_batches(prepared, config.data, split, batch_size=eval_batch_size, **shard)
 
@@ -258,57 +266,15 @@ def make_eval_step(model, loss_fn: LossFn, mesh, metrics_fn=None):
   return parallel.data_parallel(fn, mesh, in_specs=(P(), P(AXIS)), out_specs=(P(AXIS), P(AXIS)))
 
 
-# --- Host-side loops. --------------------------------------------------------------------------
+# --- Host-side checks. -------------------------------------------------------------
 
 
-def evaluate(
-  eval_step_fn,
-  state: TrainState,
-  batches: Iterable[Mapping[str, np.ndarray]],
-  mesh,
-  *,
-  family_names=None,
-  identity_scorer=None,
-  num_images: int = 0,
-) -> tuple[dict[str, float], dict[str, float], np.ndarray | None]:
-  """One pass over `batches`: (model metrics, masked-input baseline metrics, image grid).
-
-  The grid shows the first `num_images` valid examples (padding left out), None without any.
-  """
-  from mask2face import metrics
-
-  model_acc = metrics.MetricAccumulator()
-  baseline_acc = metrics.MetricAccumulator()
-  # (masked, pred, target) of the first `num_images` valid examples: padding (valid == 0) is
-  # all zeros and would show as black rows when a split is smaller than the grid.
-  grid_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-  baseline_fn = jax.jit(metrics.baseline_metrics)
-  for batch in batches:
-    per_example, pred = eval_step_fn(state, parallel.shard_batch(batch, mesh))
-    per_example, pred = parallel.fetch((per_example, pred))
-    valid, family = per_example.pop("valid"), per_example.pop("family")
-    if identity_scorer is not None:
-      per_example.update(identity_scorer.score_batch(pred, batch["clean"], valid))
-    model_acc.add(per_example, valid=valid, family=family)
-    baseline_acc.add(jax.device_get(baseline_fn(batch)), valid=valid, family=family)
-    # Multi-host: `pred` and `valid` are gathered from every host, this host's rows first.
-    local_valid = np.asarray(valid)[: len(batch["masked"])]
-    for i in np.flatnonzero(local_valid > 0)[: max(num_images - len(grid_rows), 0)]:
-      grid_rows.append((batch["masked"][i], pred[i], batch["clean"][i]))
-  if model_acc.count == 0:
-    raise ValueError("evaluation saw no valid examples: is the split empty?")
-  grid = None
-  if grid_rows:
-    masked, pred, target = (np.stack(x) for x in zip(*grid_rows))
-    grid = image_grid(masked, pred, target, num_images)
-  return model_acc.result(family_names), baseline_acc.result(family_names), grid
-
-
-def image_grid(masked, pred, target, rows: int) -> np.ndarray:
-  """uint8 [rows * H, 3 * W, 3]: one example per row, masked | prediction | target."""
-  rows = min(rows, masked.shape[0])
-  triplets = [np.concatenate([masked[i], pred[i], target[i]], axis=1) for i in range(rows)]
-  return np.round(np.clip(np.concatenate(triplets, axis=0), 0, 1) * 255).astype(np.uint8)
+def check_finite(pending, *, now: bool) -> None:
+  """NaN guard, naming the first bad step: waits for the previous step's flag (the device stays
+  a step ahead) and, when `now`, for the latest one's too (before logging, evaluating, saving)."""
+  for checked_step, m in pending[-2:] if now else pending[-2:-1]:
+    if not bool(m["train_finite"]):
+      raise FloatingPointError(f"non-finite loss or gradient at step {checked_step}")
 
 
 # --- The job. --------------------------------------------------------------------------------
@@ -318,31 +284,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """Trains `config` in `workdir` (resuming if it holds a checkpoint), then tests it.
 
   The caller sets up the process first (`mask2face.main`: multi-host, compilation cache).
+  A SIGTERM (or, on several hosts, JAX's preemption notice) saves a checkpoint at the next
+  step boundary and returns early, without `results.json`: rerun the command to go on.
 
   Args:
     config: a config from `configs/` (see configs/common.py for every field).
-    workdir: where checkpoints, logs, image grids and results.json go.
+    workdir: where checkpoints, logs, image grids and results.json go (local or `gs://...`).
 
   Returns:
     The final train state (replicated on every device).
   """
-  from clu import metric_writers, periodic_actions
+  from clu import periodic_actions
 
   from mask2face import losses, models
   from mask2face.data.masks import FAMILY_NAMES
   from mask2face.identity import IdentityScorer
 
   t_start = time.time()
-  workdir = pathlib.Path(workdir).expanduser()
+  workdir = checkpointing.as_path(workdir)
   is_main = jax.process_index() == 0
   workdir.mkdir(parents=True, exist_ok=True)
   if is_main:
     bookkeeping.write_json_atomic(workdir / "config.json", json.loads(config.to_json_best_effort()))
 
   mesh = create_mesh(config)
-  train_iter, eval_batches, num_train_examples = create_input_pipelines(
-    config, workdir if is_main else None
-  )
+  train_iter, eval_batches, num_train_examples = create_input_pipelines(config, workdir)
   steps_per_epoch = num_steps_per_epoch(num_train_examples, config.batch_size)
   num_train_steps = config.num_train_steps
   if num_train_steps <= 0:
@@ -356,60 +322,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   num_params = count_params(state.params)
   logging.info("%s: %s parameters.", config.model_name, f"{num_params:,}")
 
-  # Resume order: (1) the latest checkpoint in workdir/checkpoints (params, optimizer, step,
-  # rng, input iterator, early-stopping record); else (2) `config.init_checkpoint` (weights
-  # only, e.g. to fine-tune); else (3) the fresh initialisation above.
   ckpt = Checkpointer(
     workdir / "checkpoints",
     max_to_keep=config.max_checkpoints_to_keep,
     best_metric=config.best_metric,
     best_mode=config.best_mode,
   )
-  rule = dict(mode=config.best_mode, patience=config.early_stopping_patience)
-  progress = bookkeeping.RunProgress(**rule)
-  restored = ckpt.restore_latest(state, train_iter)
-  if restored is not None:
-    state, train_iter, saved = restored
-    progress = bookkeeping.RunProgress.from_json(saved, **rule)
-    logging.info("Resumed from %s at step %d.", ckpt.directory, int(state.step))
-  elif config.init_checkpoint:
-    state = Checkpointer.load_weights(config.init_checkpoint, state)
-    logging.info("Initialised weights from %s.", config.init_checkpoint)
+  state, train_iter, progress = checkpointing.restore_or_initialize(ckpt, state, train_iter, config)
   start_step = int(state.step)
 
   loss_fn = functools.partial(losses.compute_loss, config.loss)
   p_train_step = make_train_step(model, tx, loss_fn, mesh)
   p_eval_step = make_eval_step(model, loss_fn, mesh)
-
-  writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_main)
-  jsonl = bookkeeping.MetricsLog(workdir / "metrics.jsonl", resume_step=start_step, enabled=is_main)
-  images_dir = workdir / "images"
-  if is_main:
-    images_dir.mkdir(exist_ok=True)
-    writer.write_hparams(
-      {k: v for k, v in config.to_dict().items() if isinstance(v, int | float | str | bool)}
-    )
+  log = bookkeeping.RunLog(config, workdir, resume_step=start_step)
   report = periodic_actions.ReportProgress(
-    num_train_steps=num_train_steps, writer=writer, every_steps=config.log_every_steps
+    num_train_steps=num_train_steps, writer=log.writer, every_steps=config.log_every_steps
   )
   run_evaluation = functools.partial(
-    evaluate, p_eval_step, mesh=mesh, family_names=FAMILY_NAMES, num_images=config.num_image_grid
+    evaluation.evaluate,
+    p_eval_step,
+    mesh=mesh,
+    family_names=FAMILY_NAMES,
+    num_images=config.num_image_grid,
   )
 
   def validate(step: int) -> dict[str, float]:
     """Evaluates the validation split; logs its metrics and image grid at `step`."""
     with report.timed("eval"):
-      result, _, grid = run_evaluation(state, eval_batches("validation"))
-    scalars = {f"eval_{k}": v for k, v in result.items() if "/" not in k}
-    writer.write_scalars(step, scalars)
-    jsonl.write(step, scalars)
-    if grid is not None and is_main:
-      atomic.write_image(images_dir / f"eval_{step:07d}.png", grid)
-      writer.write_images(step, {"eval_masked_pred_target": grid[None]})
+      result = run_evaluation(state, eval_batches("validation"))
+    scalars = {f"eval_{k}": v for k, v in result.model.items() if "/" not in k}
+    log.scalars(step, scalars)
+    log.grid(f"eval_{step:07d}", step, result.grid, tag="eval_masked_pred_target")
     return scalars
 
   # The loop. `clock` counts training time only: compilation (the first step), evaluation and
-  # checkpointing are left out of img/s.
+  # checkpointing are left out of img/s. `batches` copies the next batch to the devices while
+  # a step runs; its state is the input position after the last batch trained on.
   logging.info(
     "Training steps %d..%d (%d per epoch).", start_step + 1, num_train_steps, steps_per_epoch
   )
@@ -417,64 +365,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     # A rerun of a run that stopped early: training is over, only the test is left to redo.
     logging.info("The run stopped early at step %d; not training further.", start_step)
   clock = bookkeeping.StepClock(progress.timed_steps, progress.train_secs)
+  batches = parallel.DevicePrefetch(train_iter, mesh, size=2)
   pending: list[tuple[int, dict[str, jax.Array]]] = []  # (step, metrics) not yet logged.
   step = start_step
-  while step < num_train_steps and not progress.stopped_early:
-    with jax.profiler.StepTraceAnnotation("train", step_num=step + 1):
-      batch = parallel.shard_batch(next(train_iter), mesh)
-      state, step_metrics = p_train_step(state, batch)
-    step += 1
-    pending.append((step, step_metrics))
-    clock.tick(state.step)
-    report(step)
+  with checkpointing.Preemption() as preemption:
+    while step < num_train_steps and not progress.stopped_early:
+      with jax.profiler.StepTraceAnnotation("train", step_num=step + 1):
+        state, step_metrics = p_train_step(state, next(batches))
+      step += 1
+      pending.append((step, step_metrics))
+      clock.tick(state.step)
+      report(step)
 
-    last = step == num_train_steps
-    log_now = step % config.log_every_steps == 0 or last
-    evaluate_now = step % eval_every == 0 or last
-    save_now = step % config.checkpoint_every_steps == 0 or last or ckpt.reached_preemption(step)
-    # NaN guard, naming the first bad step: the host waits for the previous step's flag (the
-    # device stays a step ahead), and for this one's before it logs, evaluates or saves.
-    unchecked = pending[-2:] if log_now or evaluate_now or save_now else pending[-2:-1]
-    for checked_step, m in unchecked:
-      if not bool(m["train_finite"]):
-        raise FloatingPointError(f"non-finite loss or gradient at step {checked_step}")
+      last = step == num_train_steps
+      preempted = preemption.reached(step)
+      log_now = step % config.log_every_steps == 0 or last
+      evaluate_now = step % eval_every == 0 or last
+      save_now = step % config.checkpoint_every_steps == 0 or last or preempted
+      check_finite(pending, now=log_now or evaluate_now or save_now)
+      if log_now:
+        scalars = bookkeeping.train_scalars(pending, step, lr_fn, clock, config.batch_size)
+        pending = []
+        bookkeeping.log_progress(step, num_train_steps, scalars)
+        log.scalars(step, scalars)
 
-    if log_now:
-      fetched = jax.device_get([m for _, m in pending])
-      pending = []
-      scalars = {
-        k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != "train_finite"
-      }
-      scalars["learning_rate"] = float(lr_fn(step - 1))
-      scalars.update(clock.take_rates(config.batch_size))
-      bookkeeping.log_progress(step, num_train_steps, scalars)
-      writer.write_scalars(step, scalars)
-      jsonl.write(step, scalars)
-
-    if evaluate_now:
-      with clock.paused(state):
-        value = float(validate(step)[config.best_metric])
-        if progress.record(step, value):
-          ckpt.save_best(step, state, metrics={config.best_metric: value}, meta=progress.to_json())
-      if progress.should_stop():
-        progress.stopped_early = True
-        logging.info("Early stopping at step %d: %s", step, progress.summary(config.best_metric))
-    if save_now or progress.stopped_early:
-      with clock.paused(state):
-        progress.timed_steps, progress.train_secs = clock.totals()
-        ckpt.save(step, state, train_iter, meta=progress.to_json())
+      if evaluate_now:
+        with clock.paused(state):
+          value = float(validate(step)[config.best_metric])
+          if progress.record(step, value):
+            meta = progress.to_json()
+            ckpt.save_best(step, state, metrics={config.best_metric: value}, meta=meta)
+        if progress.should_stop():
+          progress.stopped_early = True
+          logging.info("Early stopping at step %d: %s", step, progress.summary(config.best_metric))
+      if save_now or progress.stopped_early:
+        with clock.paused(state):
+          progress.timed_steps, progress.train_secs = clock.totals()
+          ckpt.save(step, state, batches, meta=progress.to_json())
+      if preempted and not last:
+        ckpt.wait_until_finished()
+        ckpt.close()
+        log.writer.flush()
+        logging.warning("Preempted: checkpoint %d saved; rerun the same command to resume.", step)
+        return state
   progress.timed_steps, progress.train_secs = clock.totals()
 
   # The test split, with the best weights when validation picked some.
   test_state = state
   if progress.best_step is not None:
-    test_state = ckpt.restore_best(state) or state
-  identity = IdentityScorer(fallback_margin=config.data.margin) if config.identity_metric else None
-  test_result, baseline_result, grid = run_evaluation(
-    test_state, eval_batches("test"), identity_scorer=identity
+    test_state = ckpt.restore_best(state)
+    if test_state is None:
+      logging.warning("No readable best checkpoint: testing the final weights instead.")
+      test_state = state
+  scorer = IdentityScorer(fallback_margin=config.data.margin) if config.identity_metric else None
+  test = run_evaluation(
+    test_state,
+    eval_batches("test"),
+    baseline={},
+    row_fns=[evaluation.identity_row(scorer)] if scorer else [],
   )
-  writer.write_scalars(step, {f"test_{k}": v for k, v in test_result.items() if "/" not in k})
-  writer.flush()
+  log.scalars(step, {f"test_{k}": v for k, v in test.model.items() if "/" not in k}, jsonl=False)
+  log.writer.flush()
   ckpt.close()
   results = bookkeeping.results_record(
     config,
@@ -482,14 +433,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     steps=step,
     num_params=num_params,
     num_train_examples=num_train_examples,
-    test=test_result,
-    baseline=baseline_result,
+    test=test.model,
+    baseline=test.rows[evaluation.BASELINE_ROW],
     wall_secs=time.time() - t_start,
     first_step_secs=clock.first_step_secs,
   )
   if is_main:
-    if grid is not None:
-      atomic.write_image(images_dir / "test.png", grid)
+    log.grid("test", step, test.grid)
     bookkeeping.write_json_atomic(workdir / "results.json", results)
   bookkeeping.log_results(results)
   return state

@@ -362,6 +362,7 @@ def test_print_commands_cli(tmp_path):
       "--runlocal",
       f"--data={faces}",
       "--override=num_train_steps=5",
+      "--multihost",  # One run over several hosts: the same line on each of them.
     ],
     cwd=tmp_path,
     capture_output=True,
@@ -377,6 +378,7 @@ def test_print_commands_cli(tmp_path):
   assert "'--config.model.filters=(8, 16)'" in lines[0]
   assert f"--config.data.source={faces}" in lines[0] and "--config.num_train_steps=5" in lines[0]
   assert lines[1].endswith("--config.seed=0") and "encoder_decoder/default/seed=0" in lines[1]
+  assert all("--config.multihost=True" in line for line in lines)
   record = json.loads((root / "unet/model.filters=8-16/seed=0/point.json").read_text())
   assert record["command_line"] == lines[0]
   assert not (root / "unet/model.filters=8-16/seed=0/results.json").exists()  # Nothing ran.

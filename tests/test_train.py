@@ -11,7 +11,7 @@ import optax
 import pytest
 from PIL import Image
 
-from mask2face import config_files, losses, models, parallel, train
+from mask2face import config_files, evaluation, losses, models, parallel, train
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -220,12 +220,14 @@ def test_eval_step_counts_each_valid_example_once():
   padded = {k: v.copy() for k, v in batch.items()}
   padded["valid"][2:] = 0.0
   padded["clean"][2:] = 0.0  # Garbage in the padding must not reach the means.
-  full, _, grid = train.evaluate(eval_step, state, [batch], mesh, num_images=2)
-  first_two, _, _ = train.evaluate(eval_step, state, [{k: v[:2] for k, v in batch.items()}], mesh)
-  with_padding, baseline, _ = train.evaluate(eval_step, state, [padded], mesh)
-  assert full["count"] == 4 and with_padding["count"] == 2
+  full = evaluation.evaluate(eval_step, state, [batch], mesh, num_images=2)
+  first_two = evaluation.evaluate(eval_step, state, [{k: v[:2] for k, v in batch.items()}], mesh)
+  with_padding = evaluation.evaluate(eval_step, state, [padded], mesh, baseline={})
+  grid, baseline = full.grid, with_padding.rows["baseline"]
+  assert full.model["count"] == 4 and with_padding.model["count"] == 2
+  assert baseline["count"] == 2 and "baseline" not in full.rows
   for key in ("loss", "psnr", "masked_psnr", "ssim"):
-    np.testing.assert_allclose(with_padding[key], first_two[key], rtol=1e-5)
+    np.testing.assert_allclose(with_padding.model[key], first_two.model[key], rtol=1e-5)
   assert grid.shape == (2 * 16, 3 * 16, 3) and grid.dtype == np.uint8
   # The masked input is grey under the mask and exact elsewhere: finite masked PSNR only.
   assert np.isfinite(baseline["masked_psnr"]) and baseline["psnr"] > baseline["masked_psnr"]

@@ -388,20 +388,53 @@ def num_eval_batches(num_examples: int, batch_size: int, shard_count: int = 1) -
   return math.ceil(num_examples / (batch_size * shard_count))
 
 
+class EvalBatches:
+  """Passes over one split, each `iter()` one pass of `num_batches` full [batch_size] batches.
+
+  The grain loader below is endless (the padded split repeated) and read one pass at a time:
+  its worker processes start once and serve every evaluation of the run. Examples come out of
+  the workers one by one, in order, and are batched here, so every batch has the same shape
+  whatever the worker count (batching inside workers gave each worker's remainder its own
+  odd-sized batch, and a new compilation).
+  """
+
+  def __init__(self, loader: grain.DataLoader, *, num_batches: int, batch_size: int):
+    self._loader = loader
+    self.num_batches = num_batches
+    self.batch_size = batch_size
+    self._examples = None  # The endless iterator, started by the first pass.
+    self._unread = 0  # Examples a pass left unread (stopped early): skipped by the next one.
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def __iter__(self):
+    if self._examples is None:
+      self._examples = iter(self._loader)
+    for _ in range(self._unread):
+      next(self._examples)
+    self._unread = self.num_batches * self.batch_size
+    for _ in range(self.num_batches):
+      examples = [next(self._examples) for _ in range(self.batch_size)]
+      self._unread -= self.batch_size
+      yield {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
 def eval_batches(
   prepared: PreparedData, data_config, split, *, batch_size, shard_index=0, shard_count=1
-):
-  """One pass over a split: every example exactly once, fixed masks, no augmentation.
+) -> EvalBatches:
+  """Passes over a split: every example exactly once, fixed masks, no augmentation.
 
   The split is padded to a multiple of `batch_size * shard_count` with `valid == 0` examples,
-  so every host gets the same number of full-shape batches.
+  so every host gets the same number of batches, all of shape [batch_size, ...].
 
   Returns:
-    a `grain.DataLoader`; each `iter()` is a fresh pass.
+    an `EvalBatches`; each `iter()` is a fresh pass (the same batches every time).
   """
   _check_shard(shard_index, shard_count)
   keys = _split_keys(prepared, split)
-  total = num_eval_batches(len(keys), batch_size, shard_count) * batch_size * shard_count
+  num_batches = num_eval_batches(len(keys), batch_size, shard_count)
+  total = num_batches * batch_size * shard_count
   source = _PhotoSource(
     prepared.source,
     keys,
@@ -410,16 +443,15 @@ def eval_batches(
     num_padded=total - len(keys),
     seed_keys=[prepared.seed_key(k) for k in keys],
   )
-  sampler = grain.IndexSampler(num_records=total, shuffle=False, num_epochs=1)
+  # Endless, in order: pass n reads the split's n-th repetition; the masks do not depend on it.
+  sampler = grain.IndexSampler(num_records=total, shuffle=False, num_epochs=None)
   options = PairOptions.from_config(data_config)
-  return grain.DataLoader(
+  loader = grain.DataLoader(
     data_source=source,
     sampler=sampler,
-    operations=[
-      _EvalPair(options, int(data_config.get("eval_seed", 0))),
-      grain.Batch(batch_size=batch_size, drop_remainder=False),
-    ],
+    operations=[_EvalPair(options, int(data_config.get("eval_seed", 0)))],
     worker_count=_worker_count(data_config),
     worker_buffer_size=int(data_config.worker_buffer_size),
     shard_options=grain.ShardOptions(shard_index, shard_count, drop_remainder=False),
   )
+  return EvalBatches(loader, num_batches=num_batches, batch_size=batch_size)

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from absl import logging
+from etils import epath
 
 from mask2face.data import landmark_cache, sources, splits
 from mask2face.data import landmarks as landmarks_lib
@@ -213,7 +214,7 @@ def prepare_data(data_config, *, workdir=None) -> PreparedData:
     opened.append((entry, source, records))
     tables.append((table, path))
 
-  split_path = pathlib.Path(workdir) / "splits.json" if workdir else None
+  split_path = epath.Path(workdir) / "splits.json" if workdir else None  # Maybe gs://.
   if split_path is not None and split_path.exists():
     logging.info("Reading the splits of a previous run from %s", split_path)
     stored = splits.read_splits(split_path)

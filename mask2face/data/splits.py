@@ -10,11 +10,11 @@ and the settings, so a run can be audited and reproduced.
 from __future__ import annotations
 
 import os
-import pathlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from absl import logging
+from etils import epath
 
 from mask2face import atomic
 from mask2face.data.sources import FaceRecord
@@ -150,7 +150,7 @@ def check_splits(splits: Mapping[str, Sequence[str]], records: Sequence[FaceReco
 
 def write_splits(path: str | os.PathLike, splits: Mapping[str, Sequence[str]]) -> None:
   """Writes the splits (and their `.info`, if any) to a JSON file, atomically."""
-  path = pathlib.Path(path)
+  path = epath.Path(path)  # Local or remote (a gs:// workdir).
   missing = [name for name in SPLIT_NAMES if name not in splits]
   if missing:
     raise ValueError(f"cannot write {path}: splits lack {missing}")
@@ -163,7 +163,7 @@ def write_splits(path: str | os.PathLike, splits: Mapping[str, Sequence[str]]) -
 
 def read_splits(path: str | os.PathLike) -> Splits:
   """Reads splits written by `write_splits`; a malformed file raises ValueError naming it."""
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   content = atomic.read_json(path, what="splits file")
   splits = content.get("splits") if isinstance(content, dict) else None
   if not isinstance(splits, dict) or any(

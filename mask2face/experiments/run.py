@@ -3,8 +3,8 @@
   python -m mask2face.experiments.run --grid=experiments/architectures.py --root=/runs/arch
   # Two runs at a time, each on half of the GPUs (or TPU chips):
   python -m mask2face.experiments.run --grid=... --root=... --parallel=2
-  # One command per line, for a cluster scheduler:
-  python -m mask2face.experiments.run --grid=... --root=... --print-commands
+  # One command per line, for a cluster scheduler (--multihost: each run spans several hosts):
+  python -m mask2face.experiments.run --grid=... --root=... --print-commands [--multihost]
   # On a CPU in minutes: runlocal configs on $MASK2FACE_SHARED_DATA/lfw_gray (or --data=DIR).
   python -m mask2face.experiments.run --grid=... --root=/tmp/m2f/grid --runlocal
 
@@ -32,6 +32,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from absl import app, flags, logging
+from etils import epath
 
 from mask2face import atomic, bookkeeping, cli
 from mask2face.experiments import devices as devices_lib
@@ -268,10 +269,16 @@ def print_commands(
   *,
   out=None,
 ) -> list[Outcome]:
-  """Prints one shell line per incomplete point (and writes its point.json); runs nothing."""
+  """Prints one shell line per incomplete point (and writes its point.json); runs nothing.
+
+  Each line is the whole job of one point, the same on every host that runs it (a SLURM array
+  task's nodes, a TPU pod's workers: see the README); `root` may be remote (`gs://...`).
+  """
   settings = settings or RunSettings()
   out = out or sys.stdout
-  root = pathlib.Path(root).expanduser().resolve()
+  root = epath.Path(root).expanduser()
+  if "://" not in str(root):
+    root = root.resolve()
   outcomes = []
   for point in points:
     workdir = root / point.name
@@ -304,6 +311,12 @@ def define_flags() -> None:
   # The dashed spelling is the documented one; --print_commands works too.
   flags.DEFINE_bool("print-commands", False, "Print one command per point instead of running.")
   flags.DEFINE_alias("print_commands", "print-commands")
+  flags.DEFINE_bool(
+    "multihost",
+    False,
+    "Add --config.multihost=True to every command (one run over several hosts: a TPU pod, "
+    "a multi-node SLURM job); for --print-commands.",
+  )
   flags.DEFINE_multi_string("override", [], "key=value for every point, e.g. num_train_steps=10.")
   flags.DEFINE_list("seeds", None, "Replace every configuration's seeds, e.g. --seeds=0.")
   flags.DEFINE_string("only", "", "Run only points whose name contains this text.")
@@ -344,6 +357,8 @@ def main(argv):
     extra = parse_overrides(FLAGS.override)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
+  if FLAGS.multihost:
+    extra["multihost"] = "True"
   settings = RunSettings(
     runlocal=FLAGS.runlocal,
     data=data,
