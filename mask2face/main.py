@@ -64,6 +64,7 @@ def setup_compilation_cache(cache_dir: str, min_compile_secs: float = 1.0) -> No
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+@cli.one_line_errors  # A refused run (bad config, workdir in use, ...) is one line, exit 1.
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")

@@ -10,7 +10,6 @@ timing, metrics.jsonl, results.json) are `mask2face.bookkeeping`'s; process set-
 """
 
 import functools
-import json
 import pathlib
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -26,7 +25,7 @@ from absl import logging
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from mask2face import atomic, bookkeeping, parallel
+from mask2face import atomic, bookkeeping, divergence, parallel, workdirs
 from mask2face.checkpointing import Checkpointer
 
 AXIS = parallel.AXIS
@@ -72,7 +71,11 @@ def create_input_pipelines(config: ml_collections.ConfigDict, workdir: pathlib.P
   """
   from mask2face.data import pipeline
 
-  prepared = pipeline.prepare_data(config.data, workdir=None if workdir is None else str(workdir))
+  prepared = pipeline.prepare_data(
+    config.data,
+    workdir=None if workdir is None else str(workdir),
+    min_examples=workdirs.min_split_sizes(config),
+  )
   num_train_examples = prepared.num_examples("train")  # Capped at data.max_examples.
   n_hosts = jax.process_count()
   shard = dict(shard_index=jax.process_index(), shard_count=n_hosts)
@@ -314,10 +317,13 @@ def image_grid(masked, pred, target, rows: int) -> np.ndarray:
 # --- The job. --------------------------------------------------------------------------------
 
 
+@workdirs.locked
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint), then tests it.
 
   The caller sets up the process first (`mask2face.main`: multi-host, compilation cache).
+  The config is checked before anything is written, the call holds the workdir's lock, and
+  `config.json` is written only once the data is ready (`mask2face.workdirs`).
 
   Args:
     config: a config from `configs/` (see configs/common.py for every field).
@@ -333,11 +339,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   from mask2face.identity import IdentityScorer
 
   t_start = time.time()
+  workdirs.check_config(config)
   workdir = pathlib.Path(workdir).expanduser()
   is_main = jax.process_index() == 0
   workdir.mkdir(parents=True, exist_ok=True)
-  if is_main:
-    bookkeeping.write_json_atomic(workdir / "config.json", json.loads(config.to_json_best_effort()))
+  workdirs.check_resume(workdir, config)
 
   mesh = create_mesh(config)
   train_iter, eval_batches, num_train_examples = create_input_pipelines(
@@ -348,6 +354,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if num_train_steps <= 0:
     num_train_steps = config.num_epochs * steps_per_epoch
   eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
+  if is_main:
+    workdirs.write_config_record(workdir, config)
+  guard = divergence.DivergenceGuard.from_config(config)
 
   model = models.model_from_config(config)
   tx, lr_fn = create_optimizer(config, num_train_steps)
@@ -399,7 +408,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   def validate(step: int) -> dict[str, float]:
     """Evaluates the validation split; logs its metrics and image grid at `step`."""
     with report.timed("eval"):
-      result, _, grid = run_evaluation(state, eval_batches("validation"))
+      result, baseline, grid = run_evaluation(state, eval_batches("validation"))
+    guard.check_eval(step, result, baseline, "validation")
     scalars = {f"eval_{k}": v for k, v in result.items() if "/" not in k}
     writer.write_scalars(step, scalars)
     jsonl.write(step, scalars)
@@ -448,6 +458,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       scalars["learning_rate"] = float(lr_fn(step - 1))
       scalars.update(clock.take_rates(config.batch_size))
       bookkeeping.log_progress(step, num_train_steps, scalars)
+      guard.check_loss(step, scalars["train_loss"])
       writer.write_scalars(step, scalars)
       jsonl.write(step, scalars)
 
@@ -466,13 +477,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   progress.timed_steps, progress.train_secs = clock.totals()
 
   # The test split, with the best weights when validation picked some.
-  test_state = state
-  if progress.best_step is not None:
-    test_state = ckpt.restore_best(state) or state
+  test_state, test_step = workdirs.state_for_test(ckpt, state, progress.best_step, step, guard.warn)
   identity = IdentityScorer(fallback_margin=config.data.margin) if config.identity_metric else None
   test_result, baseline_result, grid = run_evaluation(
     test_state, eval_batches("test"), identity_scorer=identity
   )
+  guard.check_eval(step, test_result, baseline_result, "test")
   writer.write_scalars(step, {f"test_{k}": v for k, v in test_result.items() if "/" not in k})
   writer.flush()
   ckpt.close()
@@ -487,6 +497,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     wall_secs=time.time() - t_start,
     first_step_secs=clock.first_step_secs,
   )
+  results.update(test_checkpoint_step=test_step, warnings=guard.warnings)
   if is_main:
     if grid is not None:
       atomic.write_image(images_dir / "test.png", grid)
