@@ -16,6 +16,7 @@ collects the trainer's other warnings (a fallback taken), so results.json lists 
 """
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -46,6 +47,22 @@ def higher_is_better(metric: str) -> bool:
   return any(m in metric for m in _HIGHER_IS_BETTER)
 
 
+def first_logged_loss(path) -> float | None:
+  """The first finite `train_loss` of a metrics.jsonl, or None (no file, no such line)."""
+  try:
+    with open(path) as f:
+      for line in f:
+        try:
+          loss = json.loads(line).get("train_loss")
+        except (ValueError, AttributeError):
+          continue  # A torn line.
+        if isinstance(loss, int | float) and math.isfinite(loss):
+          return float(loss)
+  except OSError:
+    pass
+  return None
+
+
 @dataclasses.dataclass
 class DivergenceGuard:
   """Watches a run's logged losses and evaluations; `warnings` go into results.json."""
@@ -58,12 +75,16 @@ class DivergenceGuard:
   bad_evals: int = 0  # Consecutive evaluations worse than the masked input.
 
   @classmethod
-  def from_config(cls, config) -> "DivergenceGuard":
-    return cls(
+  def from_config(cls, config, metrics_log=None) -> "DivergenceGuard":
+    """The guard of `config`; a resumed run's reference loss is the first in `metrics_log`
+    (the workdir's metrics.jsonl), not the first after the resume."""
+    guard = cls(
       factor=float(config.get("divergence_factor", 10.0)),
       stop=bool(config.get("stop_on_divergence", False)),
       metric=masked_counterpart(config.best_metric),
     )
+    guard.first_loss = first_logged_loss(metrics_log) if metrics_log else None
+    return guard
 
   def warn(self, step: int, kind: str, message: str) -> None:
     """Logs a warning and records it; a kind already recorded only updates its last step."""

@@ -356,7 +356,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
   if is_main:
     workdirs.write_config_record(workdir, config)
-  guard = divergence.DivergenceGuard.from_config(config)
+  guard = divergence.DivergenceGuard.from_config(config, workdir / "metrics.jsonl")
 
   model = models.model_from_config(config)
   tx, lr_fn = create_optimizer(config, num_train_steps)

@@ -16,7 +16,8 @@ What `train.train_and_evaluate` does before it trains, in order:
 - `state_for_test(...)`: the best checkpoint for the test, or the final state when it is gone.
 
 Workdir paths are `etils.epath.Path`s (local paths behave as `pathlib`); the lock relies on
-O_CREAT|O_EXCL, which holds on local and network file systems, not on object stores.
+O_CREAT|O_EXCL, which holds on local and network file systems; on object stores (gs://) the
+run goes ahead unlocked, with a warning.
 """
 
 import contextlib
@@ -197,6 +198,10 @@ class RunLock:
 
   def acquire(self) -> None:
     """Takes the lock, or raises `cli.UserError` naming the run that holds it."""
+    if "://" in str(self.path):
+      # Object stores (gs://) have no exclusive create: one run per workdir is up to the user.
+      logging.warning("%s: not locked (exclusive files need a file system)", self.path)
+      return
     for _ in range(3):
       try:
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, atomic.file_mode())

@@ -354,3 +354,26 @@ def test_written_files_follow_the_umask(tmp_path, grace_hopper, umask, mode):
     os.umask(old)
   for path in ("results.json", "grid.png", "lm.json", "lm.json.report.json"):
     assert (tmp_path / path).stat().st_mode & 0o777 == mode, path
+
+
+def test_a_resumed_run_keeps_the_first_loss_of_the_workdir(tmp_path):
+  log = tmp_path / "metrics.jsonl"
+  log.write_text(
+    '{"step": 10, "eval_loss": 0.9}\n{"step": 50, "train_lo\n{"step": 50, "train_loss": 0.4}\n'
+  )
+  config = config_files.load(f"{REPO_ROOT}/configs/unet.py:runlocal")
+  guard = divergence.DivergenceGuard.from_config(config, log)
+  assert guard.first_loss == 0.4 and guard.metric == "masked_psnr"
+  guard.check_loss(900, 0.05)  # A resume whose loss is far lower is no reference.
+  guard.check_loss(950, 4.5)
+  assert [w["kind"] for w in guard.warnings] == ["loss_diverged"]
+  assert divergence.DivergenceGuard.from_config(config, tmp_path / "none.jsonl").first_loss is None
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO_ROOT / "configs").glob("*.py")))
+def test_every_shipped_config_passes_the_checks(name):
+  for arg in ("", ":runlocal"):
+    config = config_files.load(f"{REPO_ROOT}/configs/{name}.py{arg}")
+    if name == "common":
+      config.model_name = "resnet_unet"  # common.py alone names a model without its settings.
+    assert workdirs.config_problems(config) == [], f"{name}{arg}"

@@ -336,7 +336,10 @@ def define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
-  written = write_report(flags.FLAGS.root, flags.FLAGS.out, overwrite=flags.FLAGS.overwrite)
+  try:
+    written = write_report(flags.FLAGS.root, flags.FLAGS.out, overwrite=flags.FLAGS.overwrite)
+  except FileNotFoundError as e:  # No such --root.
+    raise cli.UserError(str(e)) from e
   cli.emit(pathlib.Path(written["summary.md"]).read_text())
   cli.emit("Wrote " + ", ".join(written.values()))
 
