@@ -120,6 +120,11 @@ def get_config(arg=None):
   # (vae_unet) is scored by the best and the mean over them, plus their diversity. 1 = one
   # prediction, as for the deterministic models.
   config.num_samples = 1
+  # Divergence guard (mask2face/divergence.py): a training loss above divergence_factor times
+  # its first logged value (0 = unchecked), or an evaluation worse than the masked input, is a
+  # warning in the log and in results.json; stop_on_divergence stops the run instead.
+  config.divergence_factor = 10.0
+  config.stop_on_divergence = False
 
   # --- Logging and checkpoints. ------------------------------------------------------------
   config.log_every_steps = 50

@@ -6,6 +6,9 @@ write; a crash leaves at most a stray `.<name>.*.tmp` file, and never a truncate
 `read_json` is the reading side: its errors name the file and what it should have been.
 Remote paths (`gs://...`, through etils.epath) are written whole from memory: an object store
 publishes an object only once its upload completes, which is atomic already.
+Files get the permissions of a plain `open()` under the user's umask (0644 under the usual
+022), not `tempfile`'s private 0600, so colleagues on a shared machine can read results;
+`dir_mode()` is the same for folders made with `tempfile.mkdtemp` (0700 otherwise).
 """
 
 import contextlib
@@ -14,8 +17,37 @@ import json
 import os
 import pathlib
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from typing import IO, Any
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+  """The process's umask, read without changing it where Linux shows it (/proc/self/status)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  # Elsewhere the only way to read it is to set it: set it back at once, one thread at a time.
+  with _UMASK_LOCK:
+    mask = os.umask(0o022)
+    os.umask(mask)
+  return mask
+
+
+def file_mode() -> int:
+  """What `open(path, 'w')` would give a new file: 0o666 less the umask."""
+  return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+  """What `os.mkdir` would give a new folder: 0o777 less the umask."""
+  return 0o777 & ~current_umask()
 
 
 @contextlib.contextmanager
@@ -36,6 +68,7 @@ def open_for_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     with os.fdopen(fd, mode) as f:
       yield f
       f.flush()
+      os.fchmod(f.fileno(), file_mode())  # mkstemp made it 0600.
       os.fsync(f.fileno())
     os.replace(tmp, path)
   finally:

@@ -8,6 +8,10 @@ config.data.image_size). TFLite (through `jax.experimental.jax2tf` and
 `tf.lite.TFLiteConverter`) takes a batch of 1, the usual on-device case; the SavedModel and the
 StableHLO artifact (`jax.export`) take any batch size. Face finding and blending stay outside
 the model (`mask2face.predict` shows the whole path).
+
+An existing --out is never replaced unless --overwrite is given, and then only when it is a
+previous export of the same format: a folder holding anything else (a training workdir) is
+refused whatever the flags.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ from absl import app, flags, logging
 from mask2face import atomic, cli
 
 FORMATS = ("tflite", "savedmodel", "stablehlo")
+# Everything `tf.saved_model.save` puts in a SavedModel folder (older TF versions included).
+SAVEDMODEL_ENTRIES = frozenset(
+  {"saved_model.pb", "saved_model.pbtxt", "variables", "assets", "fingerprint.pb"}
+  | {"keras_metadata.pb"}
+)
 
 
 def _infer(model, variables, x):
@@ -61,6 +70,48 @@ def _tf_module(fn, image_size: int, batch: int | None):
   return module
 
 
+def is_export(path, fmt: str) -> bool:
+  """Whether `path` holds an export in `fmt` (what --overwrite may replace)."""
+  path = pathlib.Path(path)
+  if path.is_symlink():
+    return False
+  if fmt == "savedmodel":
+    return (
+      path.is_dir()
+      and (path / "saved_model.pb").is_file()
+      and set(os.listdir(path)) <= SAVEDMODEL_ENTRIES
+    )
+  if not path.is_file():
+    return False
+  if fmt == "tflite":
+    with open(path, "rb") as f:
+      return f.read(8)[4:8] == b"TFL3"  # The flatbuffer's file identifier.
+  if fmt == "stablehlo":
+    import jax
+
+    try:
+      jax.export.deserialize(bytearray(path.read_bytes()))
+    except Exception:  # Whatever the bytes are, they are not an export.
+      return False
+    return True
+  return False
+
+
+def check_out(path, fmt: str, *, overwrite: bool = False) -> None:
+  """Refuses (`cli.UserError`) an `out` that exists, unless it is an export to overwrite."""
+  path = pathlib.Path(path)
+  if not os.path.lexists(path):
+    return
+  if not overwrite:
+    raise cli.UserError(f"{path} already exists: pass --overwrite to replace a previous export")
+  if not is_export(path, fmt):
+    kind = "folder" if path.is_dir() else "file"
+    raise cli.UserError(
+      f"{path} is a {kind} that is not a {fmt} export: it is not replaced, even with "
+      "--overwrite; choose another --out"
+    )
+
+
 def export_stablehlo(fn, image_size: int, path) -> pathlib.Path:
   """Serialized `jax.export.Exported` (batch-polymorphic); load with `jax.export.deserialize`."""
   import jax
@@ -80,20 +131,24 @@ def export_savedmodel(fn, image_size: int, path) -> pathlib.Path:
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   module = _tf_module(fn, image_size, None)
-  tmp = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp"))
+  # Every temporary name is made here (mkdtemp), so the clean-up removes nothing of anyone's.
+  tmp = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+  aside = None
   try:
     tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
-    # A folder cannot be replaced atomically while it exists: move the old one aside first.
-    old = None
+    os.chmod(tmp, atomic.dir_mode())  # mkdtemp made it 0700.
+    # A folder cannot be replaced atomically while it exists: move the old export aside first
+    # (`check_out` made sure it is one).
     if path.exists():
-      old = path.with_name(path.name + ".old")
-      shutil.rmtree(old, ignore_errors=True)
-      os.replace(path, old)
+      aside = pathlib.Path(
+        tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old")
+      )
+      os.replace(path, aside)
     os.replace(tmp, path)
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
+    if aside is not None:
+      shutil.rmtree(aside, ignore_errors=True)
   return path
 
 
@@ -121,8 +176,8 @@ def export_tflite(fn, image_size: int, path) -> pathlib.Path:
   return path
 
 
-def export(fn, image_size: int, fmt: str, path) -> pathlib.Path:
-  """Exports `fn` in `fmt` (one of FORMATS) to `path`."""
+def export(fn, image_size: int, fmt: str, path, *, overwrite: bool = False) -> pathlib.Path:
+  """Exports `fn` in `fmt` (one of FORMATS) to `path` (see `check_out` for an existing one)."""
   exporters = {
     "tflite": export_tflite,
     "savedmodel": export_savedmodel,
@@ -130,6 +185,7 @@ def export(fn, image_size: int, fmt: str, path) -> pathlib.Path:
   }
   if fmt not in exporters:
     raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+  check_out(path, fmt, overwrite=overwrite)
   return exporters[fmt](fn, image_size, path)
 
 
@@ -181,15 +237,21 @@ def run_tflite(path_or_interpreter, x: np.ndarray) -> np.ndarray:
 RUNNERS = {"tflite": run_tflite, "savedmodel": run_savedmodel, "stablehlo": run_stablehlo}
 
 
-def run(checkpoint, fmt: str, out, *, which: str = "best") -> dict:
+def run(checkpoint, fmt: str, out, *, which: str = "best", overwrite: bool = False) -> dict:
   """The CLI's job: export a run's model, check it against JAX on a random input.
 
   Returns:
     {'path', 'format', 'bytes', 'max_abs_error'}.
+
+  Raises:
+    cli.UserError: `out` is in the way (see `check_out`), or the run cannot be loaded.
   """
+  if fmt not in FORMATS:
+    raise cli.UserError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+  check_out(out, fmt, overwrite=overwrite)  # Before minutes of loading and converting.
   model, variables, image_size = load_checkpoint(checkpoint, which=which)
   fn = inference_fn(model, variables)
-  path = export(fn, image_size, fmt, out)
+  path = export(fn, image_size, fmt, out, overwrite=overwrite)
   # A parity check on a random input catches a broken conversion before it ships.
   x = np.random.default_rng(0).random((1, image_size, image_size, 3), dtype=np.float32)
   err = float(np.abs(RUNNERS[fmt](path, x) - np.asarray(fn(x))).max())
@@ -205,13 +267,15 @@ def define_flags() -> None:
   flags.DEFINE_enum("format", "tflite", list(FORMATS), "Export format.")
   flags.DEFINE_string("out", None, "Output file (tflite, stablehlo) or folder (savedmodel).")
   flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint to export.")
+  flags.DEFINE_bool("overwrite", False, "Replace --out when it is a previous export (only then).")
   flags.mark_flags_as_required(["checkpoint", "out"])
 
 
+@cli.one_line_errors
 def main(argv):
   del argv
   f = flags.FLAGS
-  result = run(f.checkpoint, f.format, f.out, which=f.which)
+  result = run(f.checkpoint, f.format, f.out, which=f.which, overwrite=f.overwrite)
   cli.emit(
     f"{result['format']}: {result['path']} ({result['bytes'] / 1e6:.2f} MB), "
     f"max |exported - jax| = {result['max_abs_error']:.2e}"

@@ -75,6 +75,7 @@ def distributed_args(environ=os.environ) -> dict[str, int]:
   return {arg: int(environ[name]) for arg, name in names.items() if environ.get(name)}
 
 
+@cli.one_line_errors  # A refused run (bad config, workdir in use, ...) is one line, exit 1.
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")

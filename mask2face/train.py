@@ -10,7 +10,6 @@ timing, metrics.jsonl, results.json) are `mask2face.bookkeeping`'s; process set-
 """
 
 import functools
-import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -26,7 +25,7 @@ from etils import epath
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from mask2face import bookkeeping, checkpointing, evaluation, parallel
+from mask2face import bookkeeping, checkpointing, divergence, evaluation, parallel, workdirs
 from mask2face.checkpointing import Checkpointer
 
 AXIS = parallel.AXIS
@@ -76,7 +75,9 @@ def create_input_pipelines(config: ml_collections.ConfigDict, workdir: epath.Pat
   from mask2face.data import pipeline
 
   if jax.process_index() == 0:
-    prepared = pipeline.prepare_data(config.data, workdir=workdir)
+    prepared = pipeline.prepare_data(
+      config.data, workdir=workdir, min_examples=workdirs.min_split_sizes(config)
+    )
   parallel.sync("mask2face: landmark caches and splits ready")
   if jax.process_index() != 0:
     prepared = pipeline.prepare_data(config.data, workdir=None)
@@ -280,12 +281,15 @@ def check_finite(pending, *, now: bool) -> None:
 # --- The job. --------------------------------------------------------------------------------
 
 
+@workdirs.locked
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint), then tests it.
 
   The caller sets up the process first (`mask2face.main`: multi-host, compilation cache).
-  A SIGTERM (or, on several hosts, JAX's preemption notice) saves a checkpoint at the next
-  step boundary and returns early, without `results.json`: rerun the command to go on.
+  The config is checked before anything is written, the call holds the workdir's lock, and
+  `config.json` is written only once the data is ready (`mask2face.workdirs`). A SIGTERM (or,
+  on several hosts, JAX's preemption notice) saves a checkpoint at the next step boundary and
+  returns early, without `results.json`: rerun the command to go on.
 
   Args:
     config: a config from `configs/` (see configs/common.py for every field).
@@ -301,11 +305,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   from mask2face.identity import IdentityScorer
 
   t_start = time.time()
+  workdirs.check_config(config)
   workdir = checkpointing.as_path(workdir)
   is_main = jax.process_index() == 0
   workdir.mkdir(parents=True, exist_ok=True)
-  if is_main:
-    bookkeeping.write_json_atomic(workdir / "config.json", json.loads(config.to_json_best_effort()))
+  workdirs.check_resume(workdir, config)
 
   mesh = create_mesh(config)
   train_iter, eval_batches, num_train_examples = create_input_pipelines(config, workdir)
@@ -314,6 +318,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if num_train_steps <= 0:
     num_train_steps = config.num_epochs * steps_per_epoch
   eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
+  if is_main:
+    workdirs.write_config_record(workdir, config)
+  guard = divergence.DivergenceGuard.from_config(config, workdir / "metrics.jsonl")
 
   model = models.model_from_config(config)
   tx, lr_fn = create_optimizer(config, num_train_steps)
@@ -346,10 +353,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     num_images=config.num_image_grid,
   )
 
+  val_baseline: dict = {}  # The masked input's row: computed on the first validation only.
+
   def validate(step: int) -> dict[str, float]:
     """Evaluates the validation split; logs its metrics and image grid at `step`."""
     with report.timed("eval"):
-      result = run_evaluation(state, eval_batches("validation"))
+      result = run_evaluation(state, eval_batches("validation"), baseline=val_baseline)
+    guard.check_eval(step, result.model, result.rows[evaluation.BASELINE_ROW], "validation")
     scalars = {f"eval_{k}": v for k, v in result.model.items() if "/" not in k}
     log.scalars(step, scalars)
     log.grid(f"eval_{step:07d}", step, result.grid, tag="eval_masked_pred_target")
@@ -387,6 +397,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         scalars = bookkeeping.train_scalars(pending, step, lr_fn, clock, config.batch_size)
         pending = []
         bookkeeping.log_progress(step, num_train_steps, scalars)
+        guard.check_loss(step, scalars["train_loss"])
         log.scalars(step, scalars)
 
       if evaluate_now:
@@ -411,12 +422,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   progress.timed_steps, progress.train_secs = clock.totals()
 
   # The test split, with the best weights when validation picked some.
-  test_state = state
-  if progress.best_step is not None:
-    test_state = ckpt.restore_best(state)
-    if test_state is None:
-      logging.warning("No readable best checkpoint: testing the final weights instead.")
-      test_state = state
+  test_state, test_step = workdirs.state_for_test(ckpt, state, progress.best_step, step, guard.warn)
   scorer = IdentityScorer(fallback_margin=config.data.margin) if config.identity_metric else None
   test = run_evaluation(
     test_state,
@@ -424,6 +430,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     baseline={},
     row_fns=[evaluation.identity_row(scorer)] if scorer else [],
   )
+  guard.check_eval(step, test.model, test.rows[evaluation.BASELINE_ROW], "test")
   log.scalars(step, {f"test_{k}": v for k, v in test.model.items() if "/" not in k}, jsonl=False)
   log.writer.flush()
   ckpt.close()
@@ -438,6 +445,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     wall_secs=time.time() - t_start,
     first_step_secs=clock.first_step_secs,
   )
+  results.update(test_checkpoint_step=test_step, warnings=guard.warnings)
   if is_main:
     log.grid("test", step, test.grid)
     bookkeeping.write_json_atomic(workdir / "results.json", results)

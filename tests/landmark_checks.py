@@ -33,6 +33,9 @@ class SubsetSource:
   def __len__(self):
     return len(self.records)
 
+  def fingerprint(self, key):
+    return self.base.fingerprint(key)
+
   def load(self, key):
     if self.fail_after is not None and len(self.loaded) >= self.fail_after:
       raise KeyboardInterrupt

@@ -18,7 +18,7 @@ from bad_inputs import EXPECTED, make_bad_inputs
 from PIL import Image
 from run_folder import write_run_folder
 
-from mask2face import detect, models, predict
+from mask2face import cli, detect, models, predict
 from mask2face.data import crop, images
 
 SIZE = 32
@@ -159,6 +159,8 @@ def test_never_overwrites_inputs(shared_data, unmasker, tmp_path):
   photo = tmp_path / "08.jpg"
   photo.write_bytes((shared_data / "masked_real" / "08.jpg").read_bytes())
   before = photo.read_bytes()
-  reports = predict.unmask_files(unmasker, tmp_path, tmp_path, progress=False)
-  assert reports[0]["skipped"] == "output would overwrite the input" and not reports[0]["output"]
-  assert photo.read_bytes() == before
+  # Outputs keep their names: into the input's own folder, each would replace its photo.
+  for source in (tmp_path, photo):
+    with pytest.raises(cli.UserError, match="is the folder of the input photos"):
+      predict.unmask_files(unmasker, source, tmp_path, progress=False)
+  assert photo.read_bytes() == before and sorted(tmp_path.iterdir()) == [photo]

@@ -8,6 +8,8 @@ writes `inputs/<name>.png` (masked face), `outputs/<name>.png` (clean face) and,
 upstream, `masks/<name>.png` (255 under the mask). Landmarks come from `--landmarks_cache`
 when given, else dlib runs on the fly. Files that cannot be read and photos without a face are
 skipped, counted and listed at the end; every file is written atomically (temp file + rename).
+An --out that already holds pairs is refused unless --overwrite (which replaces pairs of the
+same names and keeps the rest).
 Crop, mask and size settings default to `pipeline.PairOptions` (the values of
 `configs/common.py`'s `config.data`), or come from `--config`'s `config.data`.
 """
@@ -62,6 +64,7 @@ def define_flags():
   flags.DEFINE_integer("seed", 0, "Masks are seeded by [seed, record position].")
   flags.DEFINE_string("landmarks_cache", "", "A landmark cache; '' = detect with dlib.")
   flags.DEFINE_integer("workers", 1, "Processes (each loads dlib once); 1 = this process.")
+  flags.DEFINE_bool("overwrite", False, "Replace what --out already holds (same names only).")
   flags.mark_flags_as_required(["source", "out"])
 
 
@@ -180,12 +183,20 @@ def file_stem(key: str, used: set) -> str:
   return name
 
 
-def write_pairs(source, options, out, *, num, seed=0, augment=False, cache_path="", workers=1):
-  """Writes up to `num` pairs (0 = all) under `out`; returns the `Tally`."""
+def write_pairs(
+  source, options, out, *, num, seed=0, augment=False, cache_path="", workers=1, overwrite=False
+):
+  """Writes up to `num` pairs (0 = all) under `out`; returns the `Tally`.
+
+  Raises:
+    cli.UserError: `out` already holds pairs and `overwrite` is False.
+  """
   from tqdm import tqdm
 
   out = pathlib.Path(out)
   dirs = {name: out / name for name in ("inputs", "outputs", "masks")}
+  held = [p for d in dirs.values() if d.is_dir() for p in sorted(d.iterdir())]
+  cli.refuse_existing(held, overwrite=overwrite)
   for d in dirs.values():
     d.mkdir(parents=True, exist_ok=True)
   tally, used = Tally(), set()
@@ -212,14 +223,18 @@ def write_pairs(source, options, out, *, num, seed=0, augment=False, cache_path=
 
 
 def open_source(f=flags.FLAGS):
-  return sources.get_source(
-    f.source,
-    identity_pattern=f.identity_pattern,
-    tfds_data_dir=f.tfds_data_dir,
-    manual_dir=f.manual_dir,
-  )
+  try:
+    return sources.get_source(
+      f.source,
+      identity_pattern=f.identity_pattern,
+      tfds_data_dir=f.tfds_data_dir,
+      manual_dir=f.manual_dir,
+    )
+  except (OSError, ValueError) as e:  # No such folder, no images, a bad pattern.
+    raise cli.UserError(str(e)) from e
 
 
+@cli.one_line_errors
 def main(argv):
   del argv
   f = flags.FLAGS
@@ -234,6 +249,7 @@ def main(argv):
     augment=f.augment,
     cache_path=f.landmarks_cache,
     workers=f.workers,
+    overwrite=f.overwrite,
   )
   cli.emit(f"wrote {tally.counts['ok']} pairs to {f.out} in {time.time() - start:.1f} s")
   cli.emit(tally.report())

@@ -7,6 +7,10 @@ Finished images go to an append-only journal (`<out>.journal.jsonl`, flushed per
 rerun skips them; the cache (read by `mask2face.data.landmarks.load_cache`) and
 `<out>.report.json` (per-file reasons for every image without landmarks) are written
 atomically at the end.
+
+Every record keeps its image's fingerprint (a folder's file size and modification time), so a
+rerun over a source that changed landmarks exactly the images added or changed since, and
+drops the removed ones; a cache already up to date is left untouched.
 """
 
 import collections
@@ -36,22 +40,24 @@ def report_path(path: str | os.PathLike) -> pathlib.Path:
 
 def landmark_record(source, detector: landmarks.LandmarkDetector, key: str) -> dict:
   """Landmarks one image of a source; never raises on bad files (they become a status)."""
+  # Taken before reading: a file replaced meanwhile then looks changed on the next run.
+  stamp = {"key": key, "fingerprint": landmarks.fingerprint(source, key)}
   try:
     image = source.load(key)
   except ImageError as e:
-    return {"key": key, "status": "unreadable", "reason": str(e)}
+    return {**stamp, "status": "unreadable", "reason": str(e)}
   except Exception as e:  # A source bug or odd file must not stop a 13k-image job.
-    return {"key": key, "status": "unreadable", "reason": f"{key}: {type(e).__name__}: {e}"}
+    return {**stamp, "status": "unreadable", "reason": f"{key}: {type(e).__name__}: {e}"}
   try:
     face = detector.detect_largest(image)
   except Exception as e:
     return {
-      "key": key,
+      **stamp,
       "status": "unreadable",
       "reason": f"{key}: landmarking failed ({type(e).__name__}: {e})",
     }
   status = landmarks.classify(face)
-  record = {"key": key, "status": status}
+  record = {**stamp, "status": status}
   if face is None:
     record["reason"] = f"{key}: no face found"
   else:
@@ -122,9 +128,15 @@ def compute_cache(
   workers: int = 1,
   chunk_size: int = 32,
   progress: bool = True,
+  min_images_per_worker: int = 1,
+  settings_from_cache: bool = False,
   **detector_settings,
 ) -> landmarks.LandmarkTable:
   """Landmarks every image of a source once and caches the result; resumes interrupted runs.
+
+  Images added to the source, changed (another fingerprint) or removed since the cache was
+  written are noticed: the first two are landmarked, the last dropped. A cache that is
+  already up to date is returned without being rewritten.
 
   Args:
     source: a `FaceSource` (`.name`, `.records` of `FaceRecord(key, identity)`, `.load(key)`);
@@ -133,6 +145,10 @@ def compute_cache(
     workers: processes (each loads the dlib models once); 1 runs in this process.
     chunk_size: images per work unit; the journal is flushed after each.
     progress: show a tqdm bar with the rate.
+    min_images_per_worker: fewer images to landmark per worker than this use fewer workers
+      (starting one takes seconds).
+    settings_from_cache: an existing cache keeps the detector settings it was made with
+      (training reads caches the CLI may have made with other flags).
     **detector_settings: `landmarks.LandmarkDetector` keyword arguments.
 
   Returns:
@@ -149,27 +165,53 @@ def compute_cache(
     raise ValueError(f"source {source.name!r} has duplicate keys")
 
   done: dict[str, dict] = {}
+  stored = None
   if path.exists():
-    data = landmarks.read_cache_file(path)
-    if data.get("settings") != settings:
+    stored = landmarks.read_cache_file(path)
+    if settings_from_cache and isinstance(stored.get("settings"), dict):
+      settings = landmarks.LandmarkDetector(**stored["settings"]).settings()
+    if stored.get("settings") != settings:
       raise ValueError(
-        f"{path}: cache written with other detector settings ({data.get('settings')} vs "
+        f"{path}: cache written with other detector settings ({stored.get('settings')} vs "
         f"{settings}); delete it or choose another path"
       )
-    done.update(data["records"])
+    done.update(stored["records"])
   if journal.exists():
     done.update(_read_journal(journal, settings))
+  if stored is not None and stored.get("format") != landmarks.CACHE_FORMAT:
+    logging.warning("%s: a cache without file fingerprints; its images are checked again", path)
+  changed = _drop_changed(source, keys, done)
   todo = [k for k in keys if k not in done]
-  if done:
+  removed = len(set(done) - set(keys))
+  if done or changed:
     logging.info(
-      "%s: %d of %d images already done, %d to go",
+      "%s: %d of %d images already done, %d to go (%d changed and %d removed since)",
       path,
       len(keys) - len(todo),
       len(keys),
       len(todo),
+      changed,
+      removed,
     )
+  up_to_date = (
+    stored is not None
+    and stored.get("format") == landmarks.CACHE_FORMAT
+    and not todo
+    and set(stored["records"]) == set(keys)
+    and not journal.exists()
+  )
+  if up_to_date:
+    # No rewrite: runs sharing the cache only ever read it.
+    records = {k: done[k] for k in keys}
+    try:
+      return landmarks.table_from_records(
+        records, summary=stored.get("summary"), source_name=source.name, path=path
+      )
+    except (KeyError, TypeError, ValueError) as e:
+      raise ValueError(f"{path}: corrupt landmark cache ({type(e).__name__}: {e})") from None
 
   start = time.time()
+  workers = max(1, min(workers, len(todo) // max(1, min_images_per_worker)))
   if todo:
     path.parent.mkdir(parents=True, exist_ok=True)
     new_journal = not journal.exists()
@@ -232,6 +274,19 @@ def compute_cache(
   return landmarks.table_from_records(records, summary=summary, source_name=source.name, path=path)
 
 
+def _drop_changed(source, keys, done: dict[str, dict]) -> int:
+  """Removes from `done` every record whose image's fingerprint changed; returns how many.
+
+  A record without one (a /1 cache) counts as '': kept for sources without fingerprints.
+  """
+  changed = 0
+  for key in keys:
+    if key in done and done[key].get("fingerprint", "") != landmarks.fingerprint(source, key):
+      del done[key]
+      changed += 1
+  return changed
+
+
 def _process_chunk_local(source, detector, keys):
   return [landmark_record(source, detector, k) for k in keys]
 
@@ -252,30 +307,34 @@ def _drain(results, done, log, bar):
     bar.set_postfix(new_faces=faces, refresh=False)
 
 
+@cli.one_line_errors
 def main(argv):
-  """The CLI: computes (or completes) the cache of one source and prints its summary."""
+  """The CLI: computes (or completes, or brings up to date) the cache of one source."""
   from absl import flags
 
   from mask2face.data import sources
 
   del argv
   f = flags.FLAGS
-  source = sources.get_source(
-    f.source,
-    identity_pattern=f.identity_pattern,
-    tfds_data_dir=f.tfds_data_dir,
-    manual_dir=f.manual_dir,
-  )
   out = f.out or landmarks.default_cache_path(f.source)
-  table = compute_cache(
-    source,
-    out,
-    workers=f.workers,
-    chunk_size=f.chunk_size,
-    upsample=f.upsample,
-    max_side=f.max_side,
-    fallback=f.fallback,
-  )
+  try:
+    source = sources.get_source(
+      f.source,
+      identity_pattern=f.identity_pattern,
+      tfds_data_dir=f.tfds_data_dir,
+      manual_dir=f.manual_dir,
+    )
+    table = compute_cache(
+      source,
+      out,
+      workers=f.workers,
+      chunk_size=f.chunk_size,
+      upsample=f.upsample,
+      max_side=f.max_side,
+      fallback=f.fallback,
+    )
+  except (OSError, ValueError) as e:  # No such source, --out not a cache (never replaced).
+    raise cli.UserError(str(e)) from e
   cli.emit(
     json.dumps({"cache": str(out), "report": str(report_path(out)), **table.summary}, indent=2)
   )

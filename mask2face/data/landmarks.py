@@ -25,7 +25,10 @@ from mask2face import atomic
 from mask2face.data import dlib_faces
 
 # The cache files' format tag (a name in the files, not this module's path: caches stay valid).
-CACHE_FORMAT = "mask2face.landmarks/1"
+# /2 adds each image's `fingerprint` (`FaceSource.fingerprint`); /1 caches are still read, and
+# their folder images (no fingerprint to compare) are landmarked again by `compute_cache`.
+CACHE_FORMAT = "mask2face.landmarks/2"
+READABLE_FORMATS = ("mask2face.landmarks/1", CACHE_FORMAT)
 # Outcome of one image in a cache; every image gets exactly one.
 STATUSES = ("one_face", "several_faces", "fallback", "no_face", "unreadable")
 FACE_STATUSES = ("one_face", "several_faces", "fallback")
@@ -261,9 +264,15 @@ def table_from_records(records: Mapping[str, dict], **kwargs) -> LandmarkTable:
 def read_cache_file(path: str | os.PathLike) -> dict:
   """The raw JSON of a landmark cache; errors name the file and the problem."""
   data = atomic.read_json(path, what="landmark cache")
-  if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
+  if not isinstance(data, dict) or data.get("format") not in READABLE_FORMATS:
     raise ValueError(f"{path}: not a landmark cache (expected format {CACHE_FORMAT!r})")
   return data
+
+
+def fingerprint(source, key: str) -> str:
+  """`source.fingerprint(key)`, or '' for a source without one (its images never change)."""
+  method = getattr(source, "fingerprint", None)
+  return method(key) if method is not None else ""
 
 
 def load_cache(path: str | os.PathLike) -> LandmarkTable:

@@ -24,6 +24,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from mask2face import cli
 from mask2face.data import landmark_cache, sources, splits
 from mask2face.data import landmarks as landmarks_lib
 
@@ -105,6 +106,10 @@ class SourceSet(sources.FaceSource):
     tag, local = self.split_key(key)
     return self._sources[tag].load(local)
 
+  def fingerprint(self, key: str) -> str:
+    tag, local = self.split_key(key)
+    return self._sources[tag].fingerprint(local)
+
 
 @dataclasses.dataclass
 class SourcePart:
@@ -138,16 +143,21 @@ class PreparedData:
 
 
 def _load_landmarks(source, settings: SourceSettings, data_config):
+  """The source's landmark cache, brought up to date: images added, changed or removed since
+  it was written are noticed (by file size and time) and only those are landmarked."""
   path = settings.landmarks_cache or landmarks_lib.default_cache_path(settings.spec)
   path = pathlib.Path(path).expanduser()
-  if path.exists():
-    logging.info("Loading landmarks from %s", path)
-    return landmarks_lib.load_cache(path), path
-  logging.info("Computing landmarks for %d images of %s into %s", len(source), source.name, path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  # Worker processes take seconds to start (dlib models): small sources stay in-process.
-  workers = max(1, min(data_config.worker_count or os.cpu_count() or 1, len(source) // 50))
-  return landmark_cache.compute_cache(source, path, workers=workers), path
+  logging.info("Landmarks of %s: %s", source.name, path)
+  table = landmark_cache.compute_cache(
+    source,
+    path,
+    workers=data_config.worker_count or os.cpu_count() or 1,
+    # Worker processes take seconds to start (dlib models): a few images stay in-process.
+    min_images_per_worker=50,
+    settings_from_cache=True,
+    progress=True,
+  )
+  return table, path
 
 
 def _check_keys(split_path, the_splits, face_keys, cache_path, where=""):
@@ -175,13 +185,32 @@ def _stored_source_splits(split_path, stored, opened) -> list[dict]:
   ]
 
 
-def prepare_data(data_config, *, workdir=None) -> PreparedData:
+def _check_split_sizes(per_source, data_config, min_examples, names) -> None:
+  """Raises `cli.UserError` when a split (capped, all sources together) is too small."""
+  if not min_examples:
+    return
+  cap = int(data_config.max_examples)
+  sizes = {
+    split: sum(min(len(s[split]), cap) if cap else len(s[split]) for s in per_source)
+    for split in min_examples
+  }
+  short = [f"{k} has {sizes[k]} (needs {n})" for k, n in min_examples.items() if sizes[k] < n]
+  if short:
+    raise cli.UserError(
+      f"the splits of {' + '.join(names)} are too small for this run: {', '.join(short)}; use "
+      "more images, a smaller batch_size, or other data.test_size / data.val_fraction"
+    )
+
+
+def prepare_data(data_config, *, workdir=None, min_examples=None) -> PreparedData:
   """Opens the source(s), loads (or computes) each landmark cache and fixes the splits.
 
   Args:
     data_config: the `config.data` section (see configs/common.py).
     workdir: when given, the splits are written to `workdir/splits.json` on the first run and
       read back on later runs, so a resumed run never sees a different split.
+    min_examples: {split: fewest examples} (after the max_examples cap); a smaller split is
+      refused (`cli.UserError`) before anything is written, not found after training.
 
   Returns:
     PreparedData; records without a face are dropped and counted.
@@ -227,6 +256,7 @@ def prepare_data(data_config, *, workdir=None) -> PreparedData:
     for (_, source, records), (_, path), the_splits in zip(opened, tables, per_source):
       where = f" of {source.name}" if multi else ""
       _check_keys(split_path, the_splits, {r.key for r in records}, path, where)
+    _check_split_sizes(per_source, data_config, min_examples, [s.name for _, s, _ in opened])
   else:
     per_source = [
       splits.make_splits(
@@ -237,6 +267,7 @@ def prepare_data(data_config, *, workdir=None) -> PreparedData:
       )
       for _, _, records in opened
     ]
+    _check_split_sizes(per_source, data_config, min_examples, [s.name for _, s, _ in opened])
     if split_path is not None:
       split_path.parent.mkdir(parents=True, exist_ok=True)
       splits.write_splits(

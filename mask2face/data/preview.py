@@ -4,7 +4,7 @@
 
 Same settings and flags as `mask2face.data.export_pairs` (crop, mask families, `--augment`,
 `--config`); bad files and photos without a face are skipped, counted and listed. The PNG is
-written atomically.
+written atomically; an existing --out is replaced only with --overwrite.
 """
 
 import math
@@ -39,9 +39,11 @@ def make_grid(pairs, *, columns=None, gap=4) -> np.ndarray:
   return grid
 
 
+@cli.one_line_errors
 def main(argv):
   del argv
   f = flags.FLAGS
+  cli.refuse_existing([f.out], overwrite=f.overwrite)
   source = export_pairs.open_source(f)
   tally, pairs = export_pairs.Tally(), []
   outcomes = export_pairs.iter_outcomes(

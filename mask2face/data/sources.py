@@ -66,6 +66,14 @@ class FaceSource(abc.ABC):
   def load(self, key: str) -> np.ndarray:
     """Returns the image of `key` as uint8 HxWx3 RGB; raises `ImageError` if it can't."""
 
+  def fingerprint(self, key: str) -> str:
+    """What changes when the image of `key` changes; '' where it cannot (a TFDS version).
+
+    Landmark caches store it per image and recompute an image whose fingerprint changed.
+    """
+    del key
+    return ""
+
   def __repr__(self) -> str:
     return f"{type(self).__name__}({self.name!r}, {len(self)} images)"
 
@@ -166,6 +174,14 @@ class FolderSource(FaceSource):
     if key not in self._keys:
       raise KeyError(f"{key!r} is not an image of the folder source {self.root}")
     return load_image(os.path.join(self.root, key))
+
+  def fingerprint(self, key: str) -> str:
+    """`size:mtime_ns` of the file (as make and rsync decide that a file changed)."""
+    try:
+      stat = os.stat(os.path.join(self.root, key))
+    except OSError:
+      return "missing"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def _scan_images(root: pathlib.Path) -> list[str]:

@@ -280,7 +280,12 @@ def eval_images(root: str | os.PathLike, runs: pd.DataFrame | None = None) -> di
   return out
 
 
-def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[str, str]:
+REPORT_FILES = ("runs.csv", "summary.csv", "summary.md", "families.csv", "families.md")
+
+
+def write_report(
+  root: str | os.PathLike, out: str | os.PathLike | None = None, *, overwrite: bool = False
+) -> dict[str, str]:
   """Writes the CSV and Markdown tables of `root` into `out` (default: `root`).
 
   Returns:
@@ -288,12 +293,14 @@ def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None) 
 
   Raises:
     ValueError: no readable results.json under `root`.
+    cli.UserError: tables already in `out` and `overwrite` is False.
   """
   root = pathlib.Path(root).expanduser()
   out = pathlib.Path(out).expanduser() if out else root
+  cli.refuse_existing([out / name for name in REPORT_FILES], overwrite=overwrite)
   runs = load_runs(root)
   if runs.empty:
-    raise ValueError(f"{root}: no readable results.json found")
+    raise cli.UserError(f"{root}: no readable results.json found")
   out.mkdir(parents=True, exist_ok=True)
   summary = summary_table(runs)
   families = family_table(runs)
@@ -321,13 +328,18 @@ def define_flags() -> None:
   """The CLI's flags (defined only when run as a program, so importing this module is free)."""
   flags.DEFINE_string("root", None, "A grid root (searched recursively for results.json).")
   flags.DEFINE_string("out", None, "Where the tables go (default: --root).")
+  flags.DEFINE_bool("overwrite", False, "Replace the tables of an earlier report.")
   flags.mark_flags_as_required(["root"])
 
 
+@cli.one_line_errors
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
-  written = write_report(flags.FLAGS.root, flags.FLAGS.out)
+  try:
+    written = write_report(flags.FLAGS.root, flags.FLAGS.out, overwrite=flags.FLAGS.overwrite)
+  except FileNotFoundError as e:  # No such --root.
+    raise cli.UserError(str(e)) from e
   cli.emit(pathlib.Path(written["summary.md"]).read_text())
   cli.emit("Wrote " + ", ".join(written.values()))
 
