@@ -4,8 +4,8 @@ Every figure of a grid is a mean over seeds (runs that differ only in `config.se
 carries that spread: `summarize` gives mean, sample std, n and the half-width of the 95%
 t interval (mean ± t_{0.975, n-1} · std / √n). `welch` tests whether two rows' means differ
 from their summaries alone (Welch's unequal-variance t-test, two-sided), and `mark_best` uses
-it to mark the rows of a table that differ significantly from its best row. With 3 seeds a difference needs to be
-large to count: that is the point.
+it to mark the rows of a table that differ significantly from its best row. With 3 seeds a
+difference must be large to count: that is the point.
 """
 
 import math
@@ -62,12 +62,15 @@ def mark_best(
 ) -> pd.DataFrame:
   """Adds `<metric>_best` (the best row of the column) and `<metric>_p` (Welch's p against it).
 
-  The best row is the highest mean (lowest for `lower_is_better` metrics) among the rows that are not
-  a ceiling (`output == 'ceiling'`), per group of `within` columns (e.g. per family). `_p` is NaN for the best row and
-  where a side has under two values.
+  Reads `<metric>_mean`, `_std` and `_n`. The best row has the highest mean (the lowest for
+  `lower_is_better` metrics) among the rows that are no ceiling (`output == 'ceiling'`), per
+  group of the `within` columns (e.g. per family). `_p` is NaN for the best row itself and
+  where either side has under two values.
   """
   table = table.copy()
-  groups = table.groupby(list(within), sort=False).groups.values() if within else [table.index]
+  groups = [table.index]
+  if within:
+    groups = [frame.index for _, frame in table.groupby(list(within), sort=False)]
   for metric in metrics:
     mean = f"{metric}_mean"
     table[f"{metric}_best"] = False
@@ -76,7 +79,8 @@ def mark_best(
       continue
     for index in groups:
       part = table.loc[index]
-      contenders = part[(part["output"] != "ceiling") & np.isfinite(part[mean].astype(float))]
+      ceiling = part["output"].eq("ceiling") if "output" in part else False
+      contenders = part[~ceiling & np.isfinite(part[mean].astype(float))]
       if contenders.empty:
         continue
       values = contenders[mean].astype(float)
