@@ -8,7 +8,10 @@ python -m mask2face.main --config=configs/vae_bottleneck_unet.py --workdir=/tmp/
 python -m mask2face.main --config=configs/vae_bottleneck_unet.py:runlocal --workdir=/tmp/m2f/vaeb
 """
 
-from configs import common, unet
+from mask2face import config_files
+
+common = config_files.sibling(__file__, "common")
+unet = config_files.sibling(__file__, "unet")
 
 
 def get_config(arg=None):

@@ -38,4 +38,4 @@ def sweep(add):
     overrides = {"model.filters": add.filters(filters), "model.kernels": kernels}
     if add.runlocal and 2 ** len(filters) > RUNLOCAL_SIZE:
       overrides["data.image_size"] = 2 ** len(filters)
-    add(config="configs/resnet_unet.py", overrides=overrides, seeds=(0, 1))
+    add(config="configs/resnet_unet.py", overrides=overrides, seeds=(0, 1, 2))

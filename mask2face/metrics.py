@@ -2,7 +2,9 @@
 
 Two layers (the identity metric, which needs dlib, is `mask2face.identity`):
 - `image_metrics` (pure jnp, jit-able): per-example PSNR, SSIM and L1 over the whole image and
-  over the masked region only, computed with dm_pix.
+  over the masked region only, computed with dm_pix. `composite` pastes a prediction into its
+  input the way inpainting is used (and reported): the prediction inside the slightly dilated
+  mask, the input outside; `composited_metrics` scores that.
 - `MetricAccumulator` (host-side numpy): means over every valid example, overall and per mask
   family, across any number of (partial) batches.
 """
@@ -15,6 +17,7 @@ from typing import Any
 import dm_pix
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 # SSIM settings of upstream's loss and of the SSIM paper (Wang et al. 2004); the losses use the
 # same ones so a loss value and a metric value mean the same thing.
@@ -93,6 +96,47 @@ def image_metrics(pred, target, mask) -> dict[str, Any]:
     "masked_ssim": _masked_mean(ssim, crop_to_ssim_map(mask)),
     "masked_l1": _masked_mean(abs_err, mask),
   }
+
+
+def default_dilate_px(image_size: int) -> int:
+  """How far `composite` grows the mask: 1 px per 64 px of image side (1 at 64, 4 at 256).
+
+  A painted mask's blended edge reaches past its binary mask once the photo is resampled into
+  the crop: measured on 23 UTKFace and LFW faces, up to 1.4 px at 64 px and 3.6 px at 256 px.
+  Those pixels are part mask colour; the composite replaces them with the prediction.
+  """
+  return max(1, round(int(image_size) / 64))
+
+
+def dilate_mask(mask, dilate_px: int):
+  """The binary mask [B, H, W, 1] grown by `dilate_px` pixels (a square window: the diagonal
+  neighbours of an edge pixel count too). Static `dilate_px`; jit-able."""
+  mask = jnp.asarray(mask, jnp.float32)
+  if mask.ndim == 3:
+    mask = mask[..., None]
+  mask = (mask > 0.5).astype(jnp.float32)
+  if dilate_px <= 0:
+    return mask
+  size = 2 * int(dilate_px) + 1
+  return lax.reduce_window(mask, 0.0, lax.max, (1, size, size, 1), (1, 1, 1, 1), "SAME")
+
+
+def composite(pred, masked, mask, dilate_px: int):
+  """The prediction pasted into its input: `pred` inside the mask grown by `dilate_px`, `masked`
+  (bit for bit) everywhere else. What `mask2face.predict` does with photos and what inpainting
+  papers report. [B, H, W, C] float; `mask` [B, H, W, 1] or [B, H, W]; jit-able (static px)."""
+  masked = jnp.asarray(masked)
+  pred = jnp.asarray(pred).astype(masked.dtype)
+  if pred.shape != masked.shape or pred.ndim != 4:
+    raise ValueError(f"pred {pred.shape} and masked {masked.shape} must both be [B, H, W, C]")
+  region = dilate_mask(_as_mask(mask, masked), dilate_px)
+  return jnp.where(region > 0, pred, masked)
+
+
+def composited_metrics(pred, batch: Mapping[str, Any], *, dilate_px: int) -> dict[str, Any]:
+  """`image_metrics` of `composite(pred, ...)` against the clean image, on the true mask."""
+  pasted = composite(pred, batch["masked"], batch["mask"], dilate_px)
+  return image_metrics(pasted, batch["clean"], batch["mask"])
 
 
 def baseline_metrics(batch: Mapping[str, Any]) -> dict[str, Any]:

@@ -91,6 +91,24 @@ def test_unknown_config_argument_is_an_error():
     load("unet", "runlcoal")
 
 
+def test_recipe_argument_replaces_the_configs_own_recipe():
+  own = load("upstream_resnet_unet")
+  shared = load("upstream_resnet_unet", "recipe=shared")
+  assert (own.learning_rate, own.schedule, own.loss.name) == (1e-4, "constant", "upstream_ssim_mse")
+  assert (shared.learning_rate, shared.schedule, shared.loss.name) == (
+    5e-4,
+    "warmup_cosine",
+    "ssim_l1",
+  )
+  assert shared.warmup_steps == 500 and shared.best_metric == "eval_masked_psnr"
+  assert shared.model.to_dict() == own.model.to_dict()  # The architecture stays.
+  # The architecture's own loss terms stay too; runlocal still shortens the warm-up.
+  vae = load("vae_unet", "recipe=shared,runlocal")
+  assert vae.loss.kl_weight == load("vae_unet").loss.kl_weight > 0 and vae.warmup_steps == 10
+  with pytest.raises(ValueError, match="unknown recipe"):
+    load("unet", "recipe=fancy")
+
+
 def test_size_argument_and_command_line_overrides():
   argv = [
     "prog",
@@ -204,7 +222,8 @@ def test_configs_load_by_path_from_any_folder(tmp_path, package_only_env):
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result["sizes"] == {spec: config_files.load(spec).data.image_size for spec in specs}
-  assert set(result["sizes"].values()) == {64, 256}  # runlocal shrinks the images.
+  # runlocal shrinks the images (the bundled model's recipe trains at 128 px).
+  assert set(result["sizes"].values()) == {64, 128, 256}
   assert result["main"] == ["unet", 64, 3]
 
   # The real command line: --helpfull exits (absl: status 1) after the config has parsed.

@@ -8,12 +8,10 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from mask2face import config_files
-from mask2face.experiments import commands, devices, report, run
+from mask2face.experiments import commands, devices, run
 from mask2face.experiments import grid as grid_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -41,7 +39,7 @@ def _config_keys(config, prefix=""):
 
 def test_shipped_grids_exist():
   names = {p.stem for p in GRIDS}
-  assert {"architectures", "losses", "depth_width", "upsampling"} <= names
+  assert {"architectures", "tuned_recipes", "losses", "depth_width", "upsampling"} <= names
 
 
 @pytest.mark.parametrize("path", GRIDS, ids=lambda p: p.stem)
@@ -62,19 +60,79 @@ def test_shipped_grid_loads_with_unique_safe_names_and_valid_keys(path, runlocal
     assert all(p.shared == () for p in points)  # runlocal's own budget replaces BUDGET.
 
 
-def test_architectures_grid_has_one_equal_budget():
-  points = grid_lib.load_grid(REPO_ROOT / "experiments" / "architectures.py")
+# The fields that make a training recipe: what the architectures grid must hold equal.
+RECIPE_FIELDS = (
+  "optimizer",
+  "learning_rate",
+  "schedule",
+  "warmup_steps",
+  "final_lr_fraction",
+  "weight_decay",
+  "grad_clip_norm",
+  "loss.name",
+  "loss.ssim_weight",
+  "loss.pixel_weight",
+  "loss.masked_weight",
+  "loss.unmasked_weight",
+  "best_metric",
+  "best_mode",
+  "early_stopping_patience",
+)
+
+
+def _point_config(point, runlocal=False):
+  arg = ",".join(a for a in ("runlocal" if runlocal else "", point.arg) if a)
+  config = grid_lib.resolve_config(point.config)
+  config = config_files.load(f"{config}:{arg}" if arg else config)
+  config.unlock()
+  config.update_from_flattened_dict(point.all_overrides())
+  return config
+
+
+def _field(config, dotted):
+  for part in dotted.split("."):
+    config = config[part]
+  return config
+
+
+@pytest.mark.parametrize("runlocal", [False, True])
+def test_architectures_grid_trains_every_config_with_one_recipe_and_budget(runlocal):
+  points = grid_lib.load_grid(REPO_ROOT / "experiments" / "architectures.py", runlocal=runlocal)
   configs = {pathlib.Path(p.config).stem for p in points}
   # Every shipped architecture config, so a new architecture joins the comparison (the
   # bundled model's recipe, pretrained_*, is a unet trained longer, not an architecture).
   shipped = {p.stem for p in (REPO_ROOT / "configs").glob("*.py")}
   assert configs == {c for c in shipped if c != "common" and not c.startswith("pretrained_")}
   assert {"encoder_decoder", "unet", "resnet_unet", "upstream_resnet_unet"} <= configs
+  assert all(not p.overrides and p.arg == "recipe=shared" for p in points)
   budgets = {p.shared for p in points}
   assert len(budgets) == 1
-  budget = dict(budgets.pop())
-  assert {"num_train_steps", "batch_size", "data.image_size", "data.source"} <= set(budget)
-  assert all(not p.overrides for p in points)
+  if not runlocal:
+    assert {"num_train_steps", "batch_size", "data.image_size", "data.source"} <= set(
+      dict(budgets.pop())
+    )
+  # Loaded as the trainer loads them: one recipe for all (runlocal too), though the configs'
+  # own recipes differ (the upstream port: constant 1e-4 and its own loss).
+  recipes = {tuple(_field(_point_config(p, runlocal), f) for f in RECIPE_FIELDS) for p in points}
+  assert len(recipes) == 1, recipes
+  recipe = dict(zip(RECIPE_FIELDS, recipes.pop()))
+  assert recipe["learning_rate"] == 5e-4 and recipe["best_metric"] == "eval_masked_psnr"
+  tuned = grid_lib.load_grid(REPO_ROOT / "experiments" / "tuned_recipes.py", runlocal=runlocal)
+  assert {pathlib.Path(p.config).stem for p in tuned} == configs
+  assert all(not p.overrides and not p.arg for p in tuned)
+  own = {tuple(_field(_point_config(p, runlocal), f) for f in RECIPE_FIELDS) for p in tuned}
+  assert len(own) > 1
+  # The two grids' points never share a workdir name (a rerun would skip the other's runs).
+  assert not {p.group for p in points} & {p.group for p in tuned}
+
+
+def test_shipped_grids_have_at_least_three_seeds():
+  for path in GRIDS:
+    points = grid_lib.load_grid(path)
+    seeds = {}
+    for p in points:
+      seeds.setdefault(p.group, set()).add(p.seed)
+    assert min(len(s) for s in seeds.values()) >= 3, path.name
 
 
 def test_losses_and_upsampling_grids_cover_their_choices():
@@ -382,127 +440,6 @@ def test_print_commands_cli(tmp_path):
   record = json.loads((root / "unet/model.filters=8-16/seed=0/point.json").read_text())
   assert record["command_line"] == lines[0]
   assert not (root / "unet/model.filters=8-16/seed=0/results.json").exists()  # Nothing ran.
-
-
-# --- Report. -----------------------------------------------------------------------------------
-
-FAMILIES = ("surgical", "n95")
-
-
-def _metrics(rng, shift):
-  values = {
-    "psnr": 20 + shift + rng.normal(),
-    "ssim": 0.6 + rng.uniform(0, 0.1),
-    "l1": 0.05 + rng.uniform(0, 0.01),
-    "masked_psnr": 15 + shift + rng.normal(),
-    "masked_ssim": 0.3 + rng.uniform(0, 0.1),
-    "masked_l1": 0.1 + rng.uniform(0, 0.01),
-    "count": 10.0,
-  }
-  for i, family in enumerate(FAMILIES):
-    values[f"family/{family}/masked_psnr"] = values["masked_psnr"] + i
-    values[f"family/{family}/masked_ssim"] = values["masked_ssim"]
-    values[f"family/{family}/masked_l1"] = values["masked_l1"]
-    values[f"family/{family}/count"] = 5.0
-  return values
-
-
-@pytest.fixture
-def results_root(tmp_path):
-  """Two configurations x 3 seeds of synthetic results.json, one unreadable file."""
-  rng = np.random.default_rng(0)
-  root = tmp_path / "grid"
-  expected = {}
-  for group, arch, shift in [("unet/default", "unet", 0.0), ("resnet_unet/default", "resnet", 2)]:
-    for seed in range(3):
-      workdir = root / group / f"seed={seed}"
-      workdir.mkdir(parents=True)
-      test = _metrics(rng, shift)
-      test["identity_similarity"] = 0.9 + 0.01 * seed
-      baseline = {k: v - 3 for k, v in _metrics(np.random.default_rng(99), 0).items()}
-      result = {
-        "config_name": arch,
-        "architecture": arch,
-        "num_params": 1000 + int(shift),
-        "img_per_sec": 10.0 + seed,
-        "test": test,
-        "baseline": baseline,
-        "steps": 10,
-      }
-      (workdir / "results.json").write_text(json.dumps(result))
-      if arch == "unet":  # The other group is named from its folders.
-        (workdir / "point.json").write_text(json.dumps({"group": group, "seed": seed}))
-      expected.setdefault(group, []).append(test)
-      (workdir / "metrics.jsonl").write_text(
-        "\n".join(json.dumps({"step": s, "train_loss": 1.0 / s}) for s in (1, 2)) + "\n"
-      )
-  bad = root / "broken" / "seed=0"
-  bad.mkdir(parents=True)
-  (bad / "results.json").write_text("{not json")
-  return root, expected, baseline
-
-
-def test_report_mean_std_baseline_and_files(results_root, tmp_path):
-  root, expected, baseline = results_root
-  runs = report.load_runs(root)
-  assert len(runs) == 6 and len(runs.attrs["bad_files"]) == 1
-  assert set(runs["group"]) == set(expected)
-  summary = report.summary_table(runs)
-  assert summary["configuration"].iloc[0] == report.BASELINE
-  assert len(summary) == 3
-  for group, tests in expected.items():
-    row = summary.set_index("configuration").loc[group]
-    assert row["seeds"] == 3
-    for metric in ("masked_psnr", "psnr", "ssim", "l1", "identity_similarity"):
-      values = np.array([t[metric] for t in tests])
-      np.testing.assert_allclose(row[f"{metric}_mean"], values.mean(), rtol=1e-12)
-      np.testing.assert_allclose(row[f"{metric}_std"], values.std(ddof=1), rtol=1e-12)
-  base = summary.iloc[0]
-  np.testing.assert_allclose(base["masked_psnr_mean"], baseline["masked_psnr"])
-  np.testing.assert_allclose(base["masked_psnr_std"], 0.0, atol=1e-12)
-  # The better configuration (higher masked PSNR) comes first after the baseline.
-  assert summary["configuration"].iloc[1] == "resnet_unet/default"
-
-  families = report.family_table(runs)
-  assert set(families["family"]) == set(FAMILIES)
-  assert set(families["configuration"]) == {report.BASELINE, *expected}
-  row = families.set_index(["configuration", "family"]).loc[("unet/default", "n95")]
-  want = np.array([t["family/n95/masked_psnr"] for t in expected["unet/default"]])
-  np.testing.assert_allclose(row["masked_psnr_mean"], want.mean())
-  np.testing.assert_allclose(row["masked_psnr_std"], want.std(ddof=1))
-
-  out = tmp_path / "tables"
-  written = report.write_report(root, out)
-  assert set(written) == {"runs.csv", "summary.csv", "summary.md", "families.csv", "families.md"}
-  csv = pd.read_csv(out / "summary.csv")
-  np.testing.assert_allclose(csv["masked_psnr_mean"], summary["masked_psnr_mean"])
-  markdown = (out / "summary.md").read_text()
-  assert markdown.count("\n") == 2 + len(summary)  # Header, rule, one line per row.
-  mean, std = summary.iloc[1][["masked_psnr_mean", "masked_psnr_std"]]
-  assert f"{mean:.2f} ± {std:.2f}" in markdown and report.BASELINE in markdown
-  assert "n95" in (out / "families.md").read_text()
-
-
-def test_report_curves_images_and_cli(results_root, tmp_path):
-  root, expected, _ = results_root
-  curves = report.load_curves(root)
-  assert len(curves) == 12 and set(curves["group"]) == set(expected)
-  image = root / "unet/default/seed=1/images"
-  image.mkdir()
-  (image / "eval_0000005.png").write_bytes(b"png")
-  (image / "eval_0000010.png").write_bytes(b"png")
-  assert report.eval_images(root) == {"unet/default": str(image / "eval_0000010.png")}
-
-  out = subprocess.run(
-    [sys.executable, "-m", "mask2face.experiments.report", f"--root={root}"],
-    capture_output=True,
-    text=True,
-    check=True,
-    timeout=120,
-  )
-  assert report.BASELINE in out.stdout and (root / "summary.csv").exists()
-  with pytest.raises(FileNotFoundError, match="no such results folder"):
-    report.load_runs(tmp_path / "nowhere")
 
 
 CACHE_CHECKING_TRAINER = """

@@ -18,7 +18,9 @@ its own source) and no augmentation. Several sources (prepare.py) are mixed by w
 training batches (mixing.py).
 
 Batches are dicts of numpy arrays (see docs/design.md): `masked`, `clean` float32
-[B, H, W, 3] in [0, 1]; `mask` float32 [B, H, W, 1]; `family` int32 [B]; `valid` float32 [B].
+[B, H, W, 3] in [0, 1]; `mask` float32 [B, H, W, 1]; `family` int32 [B]; `valid` float32 [B];
+evaluation batches also `index` int32 [B], the example's position in `prepared.splits[split]`
+(-1 for padding), which names its photo and identity for host-side metrics.
 """
 
 import dataclasses
@@ -188,13 +190,14 @@ def make_pair(image, points68, rng: np.random.Generator, options: PairOptions, *
 
 
 def padding_example(size: int) -> dict:
-  """An all-zero example with valid=0 (fills the last evaluation batch)."""
+  """An all-zero evaluation example with valid=0 and index=-1 (fills the last batch)."""
   return {
     "masked": np.zeros((size, size, 3), np.float32),
     "clean": np.zeros((size, size, 3), np.float32),
     "mask": np.zeros((size, size, 1), np.float32),
     "family": np.int32(0),
     "valid": np.float32(0.0),
+    "index": np.int32(-1),
   }
 
 
@@ -297,7 +300,10 @@ class _EvalPair(grain.MapTransform):
     # Seeded by the image's key, so its mask is the same whatever the split size or cap.
     rng = np.random.default_rng([self._seed, element["key_id"]])
     pair = _guarded(element, rng, self._options, augment=False)
-    return padding_example(self._options.image_size) if pair is None else pair
+    if pair is None:
+      return padding_example(self._options.image_size)
+    pair["index"] = np.int32(element["index"])  # Position in the split: its key and identity.
+    return pair
 
 
 class _DropFailed(grain.FilterTransform):
@@ -426,7 +432,9 @@ def eval_batches(
   """Passes over a split: every example exactly once, fixed masks, no augmentation.
 
   The split is padded to a multiple of `batch_size * shard_count` with `valid == 0` examples,
-  so every host gets the same number of batches, all of shape [batch_size, ...].
+  so every host gets the same number of batches, all of shape [batch_size, ...]. `index` [B]
+  gives each example's position in `prepared.splits[split]` (the same on every host; -1 for
+  padding).
 
   Returns:
     an `EvalBatches`; each `iter()` is a fresh pass (the same batches every time).

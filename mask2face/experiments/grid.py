@@ -33,8 +33,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+@-]")
 MAX_COMPONENT_LEN = 120
 
 # The budget the shipped grids share, so their results compare across grids: the same data,
-# image size, batch and steps. Learning rates and schedules stay each config's own (part of
-# what makes the architecture). Read-only: grid files share it.
+# image size, batch and steps. The training recipe (optimizer, schedule, loss) is each
+# config's own unless the grid asks for a shared one (`configs/x.py:recipe=shared`, as the
+# architectures grid does). Read-only: grid files share it.
 STANDARD_BUDGET = types.MappingProxyType(
   {
     "data.source": "tfds:lfw",

@@ -2,26 +2,47 @@
 
   python -m mask2face.experiments.report --root=/runs/arch [--out=/runs/arch/report]
 
-writes `summary.csv` / `summary.md` (one row per configuration: mean and std over seeds of the
-whole-image and masked-region PSNR/SSIM/L1 and identity similarity, parameters, img/s, plus the
-masked input itself as the baseline row), `families.csv` / `families.md` (the same per mask
-family) and `runs.csv` (one row per run). The notebook `notebooks/results.ipynb` uses the same
-functions, plus `load_curves` and `eval_images` for training curves and image grids.
+writes `summary.csv` / `summary.md`, `families.csv` / `families.md` (the masked-region
+metrics per mask family) and `runs.csv` (one row per run). Each configuration has two rows,
+its prediction composited into the input (the prediction inside the slightly dilated mask,
+the input outside: the headline, what `mask2face.predict` shows) and its raw prediction, and
+the tables start with the rows every model is compared with: the clean photo (the identity
+ceiling), the masked input, OpenCV's Telea and Navier-Stokes inpainting. Every figure is the
+mean over seeds ± the half-width of its 95% interval (`stats.summarize`); the best row of each
+column is in bold and rows that differ from it significantly (Welch's t-test, p < 0.05) are
+marked `*`. The notebook `notebooks/results.ipynb` uses the same functions, plus
+`load_curves` and `eval_images` for training curves and image grids.
+
+A results.json holds the model's raw row as `test`, the masked input's as `baseline`, and
+the other rows under `rows` ({row name: metrics}); identity metrics of `model` or
+`masked_input` found under `rows` join those rows.
 """
 
 import json
 import os
 import pathlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from absl import app, flags, logging
 
 from mask2face import atomic, cli
+from mask2face.experiments import stats
 
-BASELINE = "masked input (baseline)"
+# A configuration's rows: results.json row name -> the `output` column.
+MODEL_ROWS = {"model_composited": "composited", "model": "raw"}
+# The rows every configuration is compared with, in table order: row name -> label.
+BASELINE_ROWS = {
+  "clean": "clean photo (ceiling)",
+  "masked_input": "masked input",
+  "telea": "OpenCV Telea",
+  "navier_stokes": "OpenCV Navier-Stokes",
+}
+# Rows that are no contender for the best of a column (the clean photo is its own target).
+CEILING_ROWS = ("clean",)
+BASELINE = BASELINE_ROWS["masked_input"]
 # Table columns, in order, with how many decimals they are shown with.
 METRICS = {
   "masked_psnr": 2,
@@ -30,9 +51,25 @@ METRICS = {
   "psnr": 2,
   "ssim": 4,
   "l1": 4,
+  # Verification against another photo of the person (mask2face.identity): the one that says
+  # whether unmasking gives the face back; then against the test photo itself.
+  "identity_other_photo_rate": 3,
+  "identity_other_photo_distance": 3,
+  "identity_same_photo_rate": 3,
+  "identity_same_photo_distance": 3,
   "identity_similarity": 3,
 }
+LOWER_IS_BETTER = frozenset(
+  {"masked_l1", "l1", "identity_other_photo_distance", "identity_same_photo_distance"}
+)
 FAMILY_METRICS = ("masked_psnr", "masked_ssim", "masked_l1")
+STAT_SUFFIXES = ("mean", "std", "ci95", "n", "p", "best")
+LEGEND = (
+  "Mean over seeds ± half-width of the 95% interval (t distribution). Bold: the best row of "
+  f"the column; *: differs from it significantly (Welch's t-test, p < {stats.ALPHA}). "
+  "`composited`: the prediction inside the slightly dilated mask, the input outside; `raw`: "
+  "the prediction as it is.\n"
+)
 _SEED_DIR = re.compile(r"^seed=(-?\d+)$")
 
 
@@ -71,14 +108,23 @@ def _run_identity(root: pathlib.Path, workdir: pathlib.Path) -> tuple[str, str, 
   return run, run, None
 
 
+def result_rows(result: Mapping) -> dict[str, dict]:
+  """{row name: metrics} of one results.json: `test` is `model`, `baseline` `masked_input`."""
+  rows = {"model": dict(result["test"]), "masked_input": dict(result.get("baseline") or {})}
+  for name, values in (result.get("rows") or {}).items():
+    if isinstance(values, Mapping):
+      rows.setdefault(str(name), {}).update(values)
+  return rows
+
+
 def load_runs(root: str | os.PathLike) -> pd.DataFrame:
   """One row per results.json under `root`.
 
   Columns: run (its workdir relative to root), group (the configuration: the run without its
   seed), seed, config_name, architecture, num_params, img_per_sec, steps, wall_secs,
-  device_kind, git_commit, every test metric by name (`masked_psnr`, `family/<f>/<m>`, ...) and
-  the masked-input baseline's as `baseline/<name>`. Unreadable files are logged, skipped and
-  listed in `df.attrs['bad_files']`.
+  device_kind, git_commit, and every metric of every row as `<row>/<metric>`
+  (`model/masked_psnr`, `model_composited/family/n95/masked_psnr`, `telea/psnr`, ...).
+  Unreadable files are logged, skipped and listed in `df.attrs['bad_files']`.
   """
   root = pathlib.Path(root).expanduser()
   rows, bad = [], []
@@ -105,8 +151,8 @@ def load_runs(root: str | os.PathLike) -> pd.DataFrame:
       "device_kind": result.get("device_kind"),
       "git_commit": result.get("git_commit"),
     }
-    row.update({k: _number(v) for k, v in result["test"].items()})
-    row.update({f"baseline/{k}": _number(v) for k, v in (result.get("baseline") or {}).items()})
+    for name, values in result_rows(result).items():
+      row.update({f"{name}/{k}": _number(v) for k, v in values.items()})
     rows.append(row)
   if bad:
     logging.warning("%d results.json file(s) could not be read: %s", len(bad), ", ".join(bad))
@@ -122,106 +168,172 @@ def _number(value) -> float:
     return float("nan")
 
 
-def _mean_std(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, float]:
-  out = {}
-  for name in columns:
-    values = frame[name].astype(float) if name in frame else pd.Series(dtype=float)
-    values = values.dropna()
-    out[f"{name}_mean"] = float(values.mean()) if len(values) else np.nan
-    # Sample std over seeds (ddof=1); undefined with a single seed.
-    out[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else np.nan
+def _entries(runs: pd.DataFrame) -> list[dict]:
+  """Every table row's identity and runs: the baselines (pooled over every run: the same
+  test images and masks for every run of one data setup), then each configuration's two."""
+  out = [
+    {
+      "configuration": label,
+      "output": "ceiling" if name in CEILING_ROWS else "baseline",
+      "architecture": "-",
+      "frame": runs,
+      "row": name,
+    }
+    for name, label in BASELINE_ROWS.items()
+  ]
+  for group, frame in runs.groupby("group", sort=True):
+    for name, output in MODEL_ROWS.items():
+      arch = frame["architecture"].iloc[0]
+      out.append(
+        {
+          "configuration": group,
+          "output": output,
+          "architecture": arch,
+          "frame": frame,
+          "row": name,
+        }
+      )
   return out
 
 
-def summary_table(runs: pd.DataFrame, metrics: Sequence[str] = tuple(METRICS)) -> pd.DataFrame:
-  """One row per configuration (seeds grouped) plus the baseline row first.
+def _summaries(frame: pd.DataFrame, columns: Mapping[str, str]) -> dict[str, float] | None:
+  """`<metric>_mean/_std/_ci95/_n` for {frame column: metric}; None when nothing is there."""
+  out, found = {}, False
+  for column, metric in columns.items():
+    values = frame[column].astype(float) if column in frame else pd.Series(dtype=float)
+    summary = stats.summarize(values)
+    found |= summary["n"] > 0
+    out.update({f"{metric}_{k}": summary[k] for k in ("mean", "std", "ci95", "n")})
+  return out if found else None
 
-  Columns: configuration, architecture, seeds, num_params, img_per_sec, and `<metric>_mean`,
-  `<metric>_std` for each metric. Models are sorted by masked PSNR, best first.
+
+def summary_table(runs: pd.DataFrame, metrics: Sequence[str] = tuple(METRICS)) -> pd.DataFrame:
+  """Baseline rows first, then each configuration's composited and raw rows.
+
+  Columns: configuration, output (`ceiling`, `baseline`, `composited`, `raw`), architecture,
+  seeds, num_params, img_per_sec, and per metric `<metric>_mean`, `_std`, `_ci95` (95%
+  interval half-width), `_n`, `_best`, `_p` (see `stats.mark_best`). Configurations are sorted by
+  composited masked PSNR (else raw), best first; rows without any metric are left out.
   """
   rows = []
-  for group, frame in runs.groupby("group", sort=True):
-    row = {
-      "configuration": group,
-      "architecture": frame["architecture"].iloc[0],
-      "seeds": len(frame),
-      "num_params": _number(frame["num_params"].iloc[0]),
-      "img_per_sec": float(frame["img_per_sec"].astype(float).mean()),
-    }
-    row.update(_mean_std(frame, metrics))
-    rows.append(row)
-  models = pd.DataFrame(rows)
-  if not models.empty and "masked_psnr_mean" in models:
-    models = models.sort_values("masked_psnr_mean", ascending=False, kind="stable")
-  # The masked input scored as a prediction: the same test images and masks for every run of
-  # one data setup, so its spread over runs is ~0 there (a spread says the data differed).
-  present = {f"baseline/{m}": m for m in metrics if f"baseline/{m}" in runs}
-  base = runs[list(present)].rename(columns=present)
-  baseline = {
-    "configuration": BASELINE,
-    "architecture": "-",
-    "seeds": len(runs),
-    "num_params": 0.0,
-    "img_per_sec": np.nan,
-  }
-  baseline.update(_mean_std(base, metrics))
-  return pd.concat([pd.DataFrame([baseline]), models], ignore_index=True)
+  for entry in _entries(runs):
+    frame, name = entry["frame"], entry["row"]
+    summaries = _summaries(frame, {f"{name}/{m}": m for m in metrics})
+    if summaries is None:
+      continue
+    is_model = entry["output"] in MODEL_ROWS.values()
+    count = frame[[c for c in frame if c.startswith(f"{name}/")]].notna().any(axis=1).sum()
+    rows.append(
+      {
+        "configuration": entry["configuration"],
+        "output": entry["output"],
+        "architecture": entry["architecture"],
+        "seeds": int(count),
+        "num_params": _number(frame["num_params"].iloc[0]) if is_model else 0.0,
+        "img_per_sec": float(frame["img_per_sec"].astype(float).mean()) if is_model else np.nan,
+        **summaries,
+      }
+    )
+  table = pd.DataFrame(rows)
+  if table.empty:
+    return table
+  table = _sort_models(table, "masked_psnr_mean")
+  return stats.mark_best(table, metrics, lower_is_better=LOWER_IS_BETTER)
+
+
+def _sort_models(table: pd.DataFrame, key: str) -> pd.DataFrame:
+  """Baselines in their order, then configurations by `key` of their composited row (else raw),
+  best first, each configuration's rows together (composited first)."""
+  is_model = table["output"].isin(list(MODEL_ROWS.values()))
+  models = table[is_model]
+  if key in table and not models.empty:
+    order = list(MODEL_ROWS.values())
+    score = {}
+    for config, frame in models.groupby("configuration", sort=False):
+      by_output = dict(zip(frame["output"], frame[key].astype(float)))
+      values = [by_output[o] for o in order if np.isfinite(by_output.get(o, np.nan))]
+      score[config] = values[0] if values else -np.inf
+    rank = models["configuration"].map(score)
+    within = models["output"].map({o: i for i, o in enumerate(order)})
+    models = models.assign(_rank=-rank, _within=within).sort_values(
+      ["_rank", "configuration", "_within"], kind="stable"
+    )
+    models = models.drop(columns=["_rank", "_within"])
+  return pd.concat([table[~is_model], models], ignore_index=True)
 
 
 def family_table(runs: pd.DataFrame, metrics: Sequence[str] = FAMILY_METRICS) -> pd.DataFrame:
-  """One row per (configuration, mask family), baseline first: mean and std over seeds."""
+  """One row per (table row, mask family): baselines first, `_best`/`_p` within each family."""
   families = sorted(
-    {c.split("/")[1] for c in runs.columns if c.startswith("family/") and c.count("/") == 2}
+    {c.split("/")[2] for c in runs.columns if c.count("/") == 3 and c.split("/")[1] == "family"}
   )
   rows = []
-  sources = [(BASELINE, runs, "baseline/")] + [
-    (group, frame, "") for group, frame in runs.groupby("group", sort=True)
-  ]
-  for group, frame, prefix in sources:
+  for entry in _entries(runs):
+    frame, name = entry["frame"], entry["row"]
     for family in families:
-      columns = {f"{prefix}family/{family}/{m}": m for m in metrics}
-      columns = {c: m for c, m in columns.items() if c in frame}
-      if not columns:
+      columns = {f"{name}/family/{family}/{m}": m for m in metrics}
+      summaries = _summaries(frame, columns)
+      if summaries is None:
         continue
-      row = {"configuration": group, "family": family}
-      count = f"{prefix}family/{family}/count"
-      row["examples"] = float(frame[count].mean()) if count in frame else np.nan
-      row.update(_mean_std(frame[list(columns)].rename(columns=columns), metrics))
-      rows.append(row)
-  return pd.DataFrame(rows)
+      count = f"{name}/family/{family}/count"
+      rows.append(
+        {
+          "configuration": entry["configuration"],
+          "output": entry["output"],
+          "family": family,
+          "examples": float(frame[count].mean()) if count in frame else np.nan,
+          **summaries,
+        }
+      )
+  table = pd.DataFrame(rows)
+  if table.empty:
+    return table
+  return stats.mark_best(table, metrics, lower_is_better=LOWER_IS_BETTER, within=("family",))
 
 
 def format_table(table: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
-  """`<metric>_mean`/`_std` pairs as 'mean ± std' strings, counts and rates readable."""
+  """Metric columns as 'mean ± ci95' strings (bold: best; *: differs from it), rest readable.
+
+  Metrics without any value in the table are left out.
+  """
   if metrics is None:
-    metrics = [m for m in METRICS if f"{m}_mean" in table] + [
-      m for m in FAMILY_METRICS if f"{m}_mean" in table and m not in METRICS
-    ]
+    metrics = [m for m in (*METRICS, *FAMILY_METRICS) if f"{m}_mean" in table]
+    metrics = list(dict.fromkeys(metrics))
+  metrics = [m for m in metrics if np.isfinite(table[f"{m}_mean"].astype(float)).any()]
+  stat_columns = {f"{m}_{k}" for m in METRICS for k in STAT_SUFFIXES}
   out = pd.DataFrame(index=table.index)
   for column in table.columns:
-    if column.endswith(("_mean", "_std")):
+    if column in stat_columns:
       continue
     values = table[column]
     if column == "num_params":
       out["params"] = [f"{int(v):,}" if v and np.isfinite(v) else "-" for v in values]
     elif column == "img_per_sec":
       out["img/s"] = [f"{v:.1f}" if np.isfinite(v) else "-" for v in values.astype(float)]
+    elif column == "examples":
+      out[column] = [f"{v:.0f}" if np.isfinite(v) else "-" for v in values.astype(float)]
     else:
       out[column] = values
   for metric in metrics:
     digits = METRICS.get(metric, 4)
-    out[metric] = [
-      _plus_minus(m, s, digits) for m, s in zip(table[f"{metric}_mean"], table[f"{metric}_std"])
-    ]
+    cells = []
+    for _, row in table.iterrows():
+      cell = _plus_minus(row[f"{metric}_mean"], row[f"{metric}_ci95"], digits)
+      if row.get(f"{metric}_best", False):
+        cell = f"**{cell}**"
+      elif row.get(f"{metric}_p", np.nan) < stats.ALPHA:
+        cell += " *"
+      cells.append(cell)
+    out[metric] = cells
   return out
 
 
-def _plus_minus(mean: float, std: float, digits: int) -> str:
+def _plus_minus(mean: float, half_width: float, digits: int) -> str:
   if not np.isfinite(mean):
     return "-"
-  if not np.isfinite(std):
+  if not np.isfinite(half_width):
     return f"{mean:.{digits}f}"
-  return f"{mean:.{digits}f} ± {std:.{digits}f}"
+  return f"{mean:.{digits}f} ± {half_width:.{digits}f}"
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -308,9 +420,11 @@ def write_report(
   for name, text in {
     "runs.csv": runs.to_csv(index=False),
     "summary.csv": summary.to_csv(index=False),
-    "summary.md": to_markdown(format_table(summary)),
+    "summary.md": to_markdown(format_table(summary)) + "\n" + LEGEND,
     "families.csv": families.to_csv(index=False),
-    "families.md": to_markdown(format_table(families)) if not families.empty else "",
+    "families.md": to_markdown(format_table(families)) + "\n" + LEGEND
+    if not families.empty
+    else "",
   }.items():
     atomic.write_text(out / name, text)
     written[name] = str(out / name)

@@ -1,0 +1,30 @@
+"""Every architecture with its own config's recipe (optimizer, schedule, loss), one budget.
+
+What each config ships: the U-Nets at 5e-4 with warm-up, cosine decay and clipping, the
+upstream port at upstream's constant 1e-4 with its loss, the others at common.py's defaults.
+Read it beside `experiments/architectures.py` (one shared recipe): a row that moves between
+the two grids moved by its recipe, not by its architecture.
+
+python -m mask2face.experiments.run --grid=experiments/tuned_recipes.py --root=/tmp/m2f/tuned
+python -m mask2face.experiments.report --root=/tmp/m2f/tuned
+"""
+
+from mask2face.experiments import grid
+
+BUDGET = grid.STANDARD_BUDGET
+SEEDS = (0, 1, 2)
+
+CONFIGS = (
+  "encoder_decoder",
+  "unet",
+  "resnet_unet",
+  "refine_unet",
+  "vae_unet",
+  "vae_bottleneck_unet",
+  "upstream_resnet_unet",
+)
+
+
+def sweep(add):
+  for name in CONFIGS:
+    add(config=f"configs/{name}.py", seeds=SEEDS)
