@@ -181,3 +181,30 @@ def identity_row(scorer) -> RowFn:
     return {MODEL_ROW: scorer.score_batch(pred, batch["clean"], batch["valid"])}
 
   return row
+
+
+def comparison_row(verifier=None) -> RowFn:
+  """The test split's comparison rows as one row function.
+
+  Adds `model_composited` (the prediction inside the slightly dilated mask, the input
+  outside: the headline), OpenCV's `telea` and `navier_stokes` inpainting given the true mask
+  (`mask2face.baselines`), and, with an `identity.CrossPhotoVerifier`, dlib verification
+  against another photo of the same person and against the same photo for every row plus the
+  clean faces (`clean`, the ceiling). The images are made once and shared by both.
+  """
+  from mask2face import baselines
+
+  def row(batch, pred):
+    images = baselines.comparison_images(batch, pred)
+    rows = {
+      name: dict(values)
+      for name, values in baselines.comparison_rows(batch, pred, images=images).items()
+    }
+    if verifier is not None:
+      faces = {"clean": batch["clean"], BASELINE_ROW: batch["masked"], MODEL_ROW: pred, **images}
+      verified = verifier.score_batch(batch["index"], faces, batch["valid"])
+      for name, values in verified.items():
+        rows.setdefault(name, {}).update(values)
+    return rows
+
+  return row

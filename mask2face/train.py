@@ -63,7 +63,7 @@ def create_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
 
 
 def create_input_pipelines(config: ml_collections.ConfigDict, workdir: epath.Path):
-  """This host's share of the data: (train iterator, split -> eval batches, train examples).
+  """This host's share of the data: (train iterator, split -> eval batches, PreparedData).
 
   Each host reads only the examples its own devices train on. The train iterator is endless
   and checkpointable (grain); `eval_batches(split)` gives that split's `pipeline.EvalBatches`
@@ -81,7 +81,6 @@ def create_input_pipelines(config: ml_collections.ConfigDict, workdir: epath.Pat
   parallel.sync("mask2face: landmark caches and splits ready")
   if jax.process_index() != 0:
     prepared = pipeline.prepare_data(config.data, workdir=None)
-  num_train_examples = prepared.num_examples("train")  # Capped at data.max_examples.
   n_hosts = jax.process_count()
   shard = dict(shard_index=jax.process_index(), shard_count=n_hosts)
   train_loader = pipeline.train_loader(
@@ -93,7 +92,7 @@ def create_input_pipelines(config: ml_collections.ConfigDict, workdir: epath.Pat
   def eval_batches(split: str):
     return pipeline.eval_batches(prepared, config.data, split, batch_size=eval_batch_size, **shard)
 
-  return iter(train_loader), eval_batches, num_train_examples
+  return iter(train_loader), eval_batches, prepared
 
 
 def num_steps_per_epoch(num_train_examples: int, batch_size: int) -> int:
@@ -300,9 +299,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """
   from clu import periodic_actions
 
-  from mask2face import losses, models
+  from mask2face import identity, losses, models
   from mask2face.data.masks import FAMILY_NAMES
-  from mask2face.identity import IdentityScorer
 
   t_start = time.time()
   workdirs.check_config(config)
@@ -312,7 +310,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   workdirs.check_resume(workdir, config)
 
   mesh = create_mesh(config)
-  train_iter, eval_batches, num_train_examples = create_input_pipelines(config, workdir)
+  train_iter, eval_batches, prepared = create_input_pipelines(config, workdir)
+  num_train_examples = prepared.num_examples("train")  # Capped at data.max_examples.
   steps_per_epoch = num_steps_per_epoch(num_train_examples, config.batch_size)
   num_train_steps = config.num_train_steps
   if num_train_steps <= 0:
@@ -423,12 +422,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   # The test split, with the best weights when validation picked some.
   test_state, test_step = workdirs.state_for_test(ckpt, state, progress.best_step, step, guard.warn)
-  scorer = IdentityScorer(fallback_margin=config.data.margin) if config.identity_metric else None
+  verifier = None
+  if config.identity_metric and identity.dlib_available():
+    verifier = identity.CrossPhotoVerifier.from_prepared(prepared, config.data, split="test")
   test = run_evaluation(
     test_state,
     eval_batches("test"),
     baseline={},
-    row_fns=[evaluation.identity_row(scorer)] if scorer else [],
+    row_fns=[evaluation.comparison_row(verifier)],
   )
   guard.check_eval(step, test.model, test.rows[evaluation.BASELINE_ROW], "test")
   log.scalars(step, {f"test_{k}": v for k, v in test.model.items() if "/" not in k}, jsonl=False)
@@ -445,7 +446,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     wall_secs=time.time() - t_start,
     first_step_secs=clock.first_step_secs,
   )
-  results.update(test_checkpoint_step=test_step, warnings=guard.warnings)
+  # The comparison rows (composited, Telea, Navier-Stokes, clean faces' identity) beside them.
+  others = {
+    k: v for k, v in test.rows.items() if k not in (evaluation.MODEL_ROW, evaluation.BASELINE_ROW)
+  }
+  results.update(rows=others, test_checkpoint_step=test_step, warnings=guard.warnings)
   if is_main:
     log.grid("test", step, test.grid)
     bookkeeping.write_json_atomic(workdir / "results.json", results)
