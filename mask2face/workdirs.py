@@ -275,8 +275,11 @@ def locked(train_fn: Callable) -> Callable:
     finally:
       lock.release()
       if created:
-        with contextlib.suppress(OSError):  # rmdir removes only an empty folder.
-          path.rmdir()
+        # Only a folder this refused call left empty (epath's rmdir raises ValueError, not
+        # OSError, on a folder that is not empty).
+        with contextlib.suppress(OSError, ValueError):
+          if not any(path.iterdir()):
+            path.rmdir()
 
   return wrapped
 
