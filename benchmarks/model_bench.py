@@ -1,168 +1,157 @@
-"""Model-only speed per architecture: training step and inference throughput, compile time,
-peak memory, on whatever device JAX finds. No input pipeline (see train_bench.py for that).
+"""Model-only speed per architecture: the training job's own step (train.py's builders: the
+config's loss, optimizer, clipping, cross-device means) and inference, without the input
+pipeline (train_bench.py has it), plus the FLOPs the sub-pixel resize-conv saves.
 
-  python benchmarks/model_bench.py --size=64 --batch=8 --width_divisor=8        # a CPU
-  python benchmarks/model_bench.py --size=256 --batch=64 --dtype=bfloat16       # a GPU
+  python benchmarks/model_bench.py --size=64 --batch=8 --width_divisor=8       # a CPU
+  python benchmarks/model_bench.py --size=256 --batch=64 --width_divisor=1     # a GPU
 
-Each model uses its registered defaults with every width divided by --width_divisor. The
-training step is L1 + Adam (lr 1e-4) with BatchNorm statistics updated; inference is the eval
-forward pass. Rows `*-transpose` / `*-resize_conv` compare the two upsampling choices on the
-same network (the rest use their defaults). Peak memory is the device's own counter where it has one (GPU), else XLA's plan
-for the compiled training step (arguments + outputs + scratch). Prints a Markdown table.
+Each row is `configs/<name>.py` (its model, loss, optimizer and compute dtype: 'auto' is
+bfloat16 on GPU/TPU) with every width divided by --width_divisor; `*-transpose` and
+`*-resize_conv` rows compare the two upsampling choices on the same network. Steps run back
+to back with one sync at the end of each timed run (as in training); figures are medians of
+--repeats runs. Peak memory is the device's own counter where it has one, else XLA's plan.
+The last table gives each --compare_upsample model's forward GFLOP per image at
+--flops_size with the resize-conv computed by its definition (repeat, then convolve) and in
+the sub-pixel form mask2face uses (layers.resize_conv). Prints Markdown tables.
 """
 
-import dataclasses
-import functools
 import pathlib
+import statistics
 import sys
 import time
+from unittest import mock
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 from absl import app, flags, logging
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-from mask2face.models import MODELS, get_model  # noqa: E402
+import real_step  # noqa: E402
 
-_MODELS = flags.DEFINE_list("models", list(MODELS), "Registered model names.")
-_SIZE = flags.DEFINE_integer("size", 64, "Image side (pixels).")
-_BATCH = flags.DEFINE_integer("batch", 8, "Batch size.")
-_DTYPE = flags.DEFINE_string("dtype", "float32", "Compute dtype: float32 or bfloat16.")
-_DIVISOR = flags.DEFINE_integer("width_divisor", 8, "Divide every default width by this.")
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed iterations (after one warm-up).")
-_UPSAMPLE = flags.DEFINE_list(
-  "compare_upsample", ["unet", "resnet_unet"], "Models measured with both upsample choices."
+from mask2face import config_files, parallel, train  # noqa: E402
+from mask2face.models import layers, model_from_config, summary  # noqa: E402
+
+_CONFIGS = flags.DEFINE_list(
+  "configs",
+  ["encoder_decoder", "unet", "resnet_unet", "refine_unet", "vae_unet", "vae_bottleneck_unet"],
+  "configs/<name>.py to measure.",
 )
+_SIZE = flags.DEFINE_integer("size", 64, "Image side (pixels).")
+_BATCH = flags.DEFINE_integer("batch", 8, "Global batch size.")
+_DTYPE = flags.DEFINE_string("dtype", "", "Compute dtype override ('' = the config's).")
+_DIVISOR = flags.DEFINE_integer("width_divisor", 8, "Divide every width by this.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Steps per timed run.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs (the median is reported).")
+_UPSAMPLE = flags.DEFINE_list(
+  "compare_upsample", ["unet", "resnet_unet"], "Configs measured with both upsample choices."
+)
+_FLOPS_SIZE = flags.DEFINE_integer("flops_size", 0, "Size of the FLOP table (0 = --size).")
 
 
-def _default(name: str, field: str):
-  """A model's default for `field` (dataclass default), or None where it has none."""
-  fields = {f.name: f for f in dataclasses.fields(MODELS[name])}
-  return fields[field].default if field in fields else None
+def _config(name: str, **model):
+  config = config_files.load(f"{REPO / 'configs' / name}.py", lock_config=False)
+  config.data.image_size = _SIZE.value
+  config.batch_size = _BATCH.value
+  if "filters" in config.model:
+    config.model.filters = tuple(max(1, f // _DIVISOR.value) for f in config.model.filters)
+  if _DTYPE.value:
+    config.model.dtype = _DTYPE.value
+  config.model.update(model)
+  return config
 
 
-def _variants() -> list[tuple[str, str, dict]]:
+def _variants():
   rows = []
-  for name in _MODELS.value:
-    filters = tuple(max(1, f // _DIVISOR.value) for f in _default(name, "filters"))
-    kwargs = dict(filters=filters, dtype=_DTYPE.value)
+  for name in _CONFIGS.value:
     if name not in _UPSAMPLE.value:
-      rows.append((name, name, kwargs))
+      rows.append((name, _config(name)))
       continue
     # The same network twice, differing only in how the decoder upsamples.
     for up in ("transpose", "resize_conv"):
-      rows.append((f"{name}-{up}", name, dict(kwargs, upsample=up)))
+      rows.append((f"{name}-{up}", _config(name, upsample=up)))
   return rows
 
 
-def _timed(fn, *args, steps: int) -> tuple[float, object]:
-  """Mean seconds per call over `steps` calls after one warm-up; returns the last output."""
-  out = jax.block_until_ready(fn(*args))
+def bench(config) -> dict:
+  """One config's train step and inference, timed."""
+  built = real_step.build(config)
+  batch = real_step.synthetic_batch(config.batch_size, config.data.image_size)
+  batch = parallel.shard_batch(batch, built.mesh)
   start = time.perf_counter()
-  for _ in range(steps):
-    out = jax.block_until_ready(fn(*args))
-  return (time.perf_counter() - start) / steps, out
-
-
-def _peak_bytes(compiled) -> tuple[float, str]:
-  stats = jax.devices()[0].memory_stats() or {}
-  if "peak_bytes_in_use" in stats:
-    return float(stats["peak_bytes_in_use"]), "device"
-  m = compiled.memory_analysis()
-  if m is None:
-    return float("nan"), "n/a"
-  total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-  return float(total), "xla plan"
-
-
-def bench(name: str, kwargs: dict) -> dict:
-  """Measures one model; returns the table row's numbers."""
-  model = get_model(name, **kwargs)
-  size, batch = _SIZE.value, _BATCH.value
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.random((batch, size, size, 3), np.float32))
-  y = jnp.asarray(rng.random((batch, size, size, 3), np.float32))
-  rngs = {"params": jax.random.key(0), "latent": jax.random.key(1), "dropout": jax.random.key(2)}
-  variables = jax.jit(functools.partial(model.init, train=False))(rngs, x)
-  params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
-  tx = optax.adam(1e-4)
-  opt_state = tx.init(params)
-
-  def train_step(params, state, opt_state, x, y, key):
-    def loss_fn(p):
-      (pred, _), new_state = model.apply(
-        {"params": p, **state},
-        x,
-        train=True,
-        rngs={"latent": key, "dropout": key},
-        mutable=["batch_stats"],
-      )
-      return jnp.mean(jnp.abs(pred - y)), new_state
-
-    (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), {**state, **new_state}, opt_state, loss
-
-  key = jax.random.key(3)
-  start = time.perf_counter()
-  compiled = (
-    jax.jit(train_step, donate_argnums=(0, 1, 2))
-    .lower(params, state, opt_state, x, y, key)
-    .compile()
-  )
+  compiled = built.step.lower(built.state, batch).compile()
   compile_s = time.perf_counter() - start
-  flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
-
-  carry = [params, state, opt_state]
-
-  def one_step():
-    carry[0], carry[1], carry[2], loss = compiled(*carry, x, y, key)
-    return loss
-
-  train_s, loss = _timed(one_step, steps=_STEPS.value)
-  if not np.isfinite(float(loss)):
-    raise FloatingPointError(f"{name}: non-finite loss {float(loss)}")
+  state, train_s, _ = real_step.time_steps(
+    compiled, built.state, batch, steps=_STEPS.value, repeats=_REPEATS.value
+  )
+  model = model_from_config(config, axis_name=None)
+  variables = {"params": state.params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
   infer = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
-  variables = {"params": carry[0], **carry[1]}
-  infer_s, _ = _timed(infer, variables, x, steps=_STEPS.value)
-  peak, source = _peak_bytes(compiled)
+  x = train.to_float(batch)["masked"]
+  jax.block_until_ready(infer(variables, x))
+  runs = []
+  for _ in range(_REPEATS.value):
+    start = time.perf_counter()
+    for _ in range(_STEPS.value):
+      out = infer(variables, x)
+    jax.block_until_ready(out)
+    runs.append((time.perf_counter() - start) / _STEPS.value)
+  peak, source = real_step.peak_memory_bytes(compiled)
   return {
-    "params": sum(p.size for p in jax.tree.leaves(carry[0])),
-    "train_img_s": batch / train_s,
+    "dtype": layers.resolve_dtype(config.model.get("dtype")).name,
+    "params": train.count_params(state.params),
+    "train_img_s": config.batch_size / train_s,
     "train_ms": 1e3 * train_s,
-    "infer_img_s": batch / infer_s,
+    "infer_img_s": config.batch_size / statistics.median(runs),
     "compile_s": compile_s,
-    "gflop_step": flops / 1e9,
+    "gflop_step": real_step.flops_per_step(compiled) * jax.device_count() / 1e9,
     "peak_mib": peak / 2**20,
     "peak_source": source,
   }
+
+
+def subpixel_flops(name: str, size: int) -> tuple[float, float]:
+  """Forward GFLOP per image of config `name` (full widths), by definition and sub-pixel."""
+  config = _config(name, upsample="resize_conv")
+  config.model.filters = config_files.load(f"{REPO / 'configs' / name}.py").model.filters
+  model = model_from_config(config, axis_name=None)
+  shape = (1, size, size, 3)
+  with mock.patch.object(layers, "resize_conv", layers.repeat_conv):
+    by_definition = summary.forward_cost(model, shape)["flops"]
+  return by_definition / 1e9, summary.forward_cost(model, shape)["flops"] / 1e9
 
 
 def main(argv):
   del argv
   device = jax.devices()[0]
   rows = []
-  for label, name, kwargs in _variants():
-    logging.info("benchmarking %s %s", label, kwargs)
-    rows.append((label, kwargs["filters"], bench(name, kwargs)))
+  for label, config in _variants():
+    logging.info("benchmarking %s", label)
+    rows.append((label, config.model.get("filters", ()), bench(config)))
   print(
     f"\n{device.platform} ({device.device_kind}), {_SIZE.value}x{_SIZE.value}, batch "
-    f"{_BATCH.value}, {_DTYPE.value}, widths / {_DIVISOR.value}\n"
+    f"{_BATCH.value}, widths / {_DIVISOR.value}, median of {_REPEATS.value} x {_STEPS.value}\n"
   )
   print(
-    "| model | filters | params | train img/s | ms/step | infer img/s | compile s "
+    "| model | dtype | filters | params | train img/s | ms/step | infer img/s | compile s "
     "| GFLOP/step | peak MiB |"
   )
-  print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+  print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
   for label, filters, r in rows:
     print(
-      f"| {label} | {','.join(map(str, filters))} | {r['params']:,} | {r['train_img_s']:.1f} "
-      f"| {r['train_ms']:.1f} | {r['infer_img_s']:.1f} | {r['compile_s']:.2f} "
-      f"| {r['gflop_step']:.2f} | {r['peak_mib']:.0f} ({r['peak_source']}) |"
+      f"| {label} | {r['dtype']} | {','.join(map(str, filters))} | {r['params']:,} "
+      f"| {r['train_img_s']:.1f} | {r['train_ms']:.1f} | {r['infer_img_s']:.1f} "
+      f"| {r['compile_s']:.2f} | {r['gflop_step']:.2f} | {r['peak_mib']:.0f} ({r['peak_source']}) |"
     )
+  size = _FLOPS_SIZE.value or _SIZE.value
+  print(f"\n| model (full widths, {size}x{size}) | forward GFLOP/img, repeat + conv | sub-pixel |")
+  print("|---|---:|---:|")
+  for name in _UPSAMPLE.value:
+    before, after = subpixel_flops(name, size)
+    print(f"| {name} | {before:.1f} | {after:.1f} ({after / before:.0%}) |")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,8 @@ def get_config(arg=None):
   config.data.brightness = 0.1
   config.data.contrast = (0.2, 1.5)
   config.data.eval_seed = 0  # Evaluation masks: fixed per image, seeded by [eval_seed, key].
-  config.data.worker_count = 4  # grain worker processes (0 = in the main process).
+  # grain worker processes: -1 = one per core but one (at most 16), 0 = in the main process.
+  config.data.worker_count = -1
   config.data.worker_buffer_size = 2
   # A cap on examples per split (of each source; 0 = all), for quick runs.
   config.data.max_examples = 0
@@ -80,7 +81,9 @@ def get_config(arg=None):
   # --- Model: chosen by name from mask2face.models; `model` holds its keyword arguments. -----
   config.model_name = "resnet_unet"
   config.model = ml_collections.ConfigDict()
-  config.model.dtype = "float32"  # Compute dtype; parameters stay float32.
+  # Compute dtype: 'auto' = bfloat16 on GPU/TPU, float32 on CPU (models.model_from_config);
+  # parameters, BatchNorm statistics and the loss stay float32.
+  config.model.dtype = "auto"
 
   # --- Loss (mask2face/losses.py). -----------------------------------------------------------
   config.loss = ml_collections.ConfigDict()

@@ -319,11 +319,15 @@ def results_record(
   """`results.json` of a finished run: config, size, test metrics, timing, machine, commit."""
   import jax
 
+  from mask2face.models import layers
+
   timed_steps, train_secs = progress.timed_steps, progress.train_secs
   return {
     "config_name": config.name,
     "architecture": config.model_name,
     "model": config.model.to_dict(),
+    # 'auto' as resolved on this run's devices (bfloat16 on GPU/TPU, float32 on CPU).
+    "compute_dtype": layers.resolve_dtype(config.model.get("dtype")).name,
     "num_params": num_params,
     "test": dict(test),
     "baseline": dict(baseline),

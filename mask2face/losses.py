@@ -18,6 +18,7 @@ posterior and the learned prior of a conditional VAE (`post_mean`/`post_logvar`,
 `coarse_weight` * the same pixel loss on aux['coarse'] (deep supervision of two-stage models).
 """
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -111,11 +112,18 @@ def kl_terms(aux: Mapping[str, Any]) -> dict[str, Any]:
   return terms
 
 
-def pixel_loss(loss_config, pred, target, weights) -> dict[str, Any]:
+def _loss_weight(loss_config, loss_weights, key: str, default: float):
+  """A weight from `loss_weights` (traced values, see mask2face.hparams) or the config."""
+  if loss_weights is not None and key in loss_weights:
+    return jnp.asarray(loss_weights[key], jnp.float32)
+  return float(loss_config.get(key, default))
+
+
+def pixel_loss(loss_config, pred, target, weights, *, loss_weights=None) -> dict[str, Any]:
   """The named pixel loss and its components, each per example [B]; key 'pixel' is the sum."""
   name = loss_config.name
-  ssim_weight = float(loss_config.get("ssim_weight", 1.0))
-  pixel_weight = float(loss_config.get("pixel_weight", 1.0))
+  ssim_weight = _loss_weight(loss_config, loss_weights, "ssim_weight", 1.0)
+  pixel_weight = _loss_weight(loss_config, loss_weights, "pixel_weight", 1.0)
   if name == "mae":
     terms = {"mae": mae(pred, target, weights)}
     terms["pixel"] = terms["mae"]
@@ -142,7 +150,9 @@ def _batch_mean(per_example, valid):
   return jnp.sum(per_example * valid) / jnp.maximum(jnp.sum(valid), 1.0)
 
 
-def compute_loss(loss_config, pred, aux: Mapping[str, Any], batch: Mapping[str, Any]):
+def compute_loss(
+  loss_config, pred, aux: Mapping[str, Any], batch: Mapping[str, Any], *, loss_weights=None
+):
   """The training loss of one batch.
 
   Args:
@@ -152,6 +162,9 @@ def compute_loss(loss_config, pred, aux: Mapping[str, Any], batch: Mapping[str, 
     aux: the model's auxiliary outputs: optional `coarse` [B, H, W, 3], latents (`kl_terms`).
     batch: a data batch with `clean`, `mask` and optionally `valid` (all examples count
       when it is absent).
+    loss_weights: optional arrays for the weights (`hparams.LOSS_WEIGHTS`), used instead of
+      the config's numbers so a weight sweep does not recompile; the config still decides
+      which terms exist (a zero `kl_weight` or `coarse_weight` leaves its term out).
 
   Returns:
     (loss, terms): the float32 scalar to minimise and a dict of float32 scalars: `loss`,
@@ -169,16 +182,18 @@ def compute_loss(loss_config, pred, aux: Mapping[str, Any], batch: Mapping[str, 
   valid = batch.get("valid")
   valid = jnp.ones(pred.shape[:1], jnp.float32) if valid is None else valid
   valid = jnp.asarray(valid, jnp.float32)
-  weights = _weight_map(mask, float(loss_config.masked_weight), float(loss_config.unmasked_weight))
+  weight = functools.partial(_loss_weight, loss_config, loss_weights)
+  weights = _weight_map(mask, weight("masked_weight", 1.0), weight("unmasked_weight", 1.0))
 
-  per_example = pixel_loss(loss_config, pred, target, weights)
+  per_example = pixel_loss(loss_config, pred, target, weights, loss_weights=loss_weights)
   total = per_example["pixel"]
 
-  coarse_weight = float(loss_config.get("coarse_weight", 0.0))
+  coarse_weight = float(loss_config.get("coarse_weight", 0.0))  # Static: is there a term?
   if coarse_weight and "coarse" in aux:
     coarse = jnp.asarray(aux["coarse"], jnp.float32)
-    per_example["coarse"] = pixel_loss(loss_config, coarse, target, weights)["pixel"]
-    total = total + coarse_weight * per_example["coarse"]
+    coarse_terms = pixel_loss(loss_config, coarse, target, weights, loss_weights=loss_weights)
+    per_example["coarse"] = coarse_terms["pixel"]
+    total = total + weight("coarse_weight", 0.0) * per_example["coarse"]
   elif coarse_weight:
     # Runs once per trace, not per step: a config asking for something the model lacks.
     logging.warning("loss.coarse_weight=%s but the model returns no aux['coarse'].", coarse_weight)
@@ -188,7 +203,7 @@ def compute_loss(loss_config, pred, aux: Mapping[str, Any], batch: Mapping[str, 
   if kls:
     per_example.update({k: v for k, v in kls.items() if k != "kl"})
     per_example["kl"] = sum(kls.values())
-    total = total + kl_weight * per_example["kl"]
+    total = total + weight("kl_weight", 0.0) * per_example["kl"]
 
   per_example["loss"] = total
   terms = {name: _batch_mean(values, valid) for name, values in per_example.items()}

@@ -52,7 +52,8 @@ def quiet_orbax() -> None:
 
 
 def setup_compilation_cache(cache_dir: str, min_compile_secs: float = 1.0) -> None:
-  """Turns on JAX's persistent compilation cache so a rerun does not compile again.
+  """Turns on JAX's persistent compilation cache so a rerun does not compile again, and on
+  GPU XLA's autotuning cache with it (`<cache_dir>/xla_gpu_per_fusion_autotune_cache_dir`).
 
   Takes effect only before the process compiles anything (JAX fixes the cache at first use).
   """
@@ -63,6 +64,11 @@ def setup_compilation_cache(cache_dir: str, min_compile_secs: float = 1.0) -> No
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  # GPU: XLA's per-fusion autotuning results (cuDNN algorithm choices, most of a cold compile)
+  # are kept beside the programs, so a new program with the same convolutions skips them.
+  autotune = "xla_gpu_per_fusion_autotune_cache_dir"
+  os.makedirs(os.path.join(path, autotune), exist_ok=True)  # XLA expects it to exist.
+  jax.config.update("jax_persistent_cache_enable_xla_caches", autotune)
 
 
 def distributed_args(environ=os.environ) -> dict[str, int]:

@@ -25,22 +25,37 @@ from etils import epath
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from mask2face import bookkeeping, checkpointing, divergence, evaluation, parallel, workdirs
+from mask2face import (
+  bookkeeping,
+  checkpointing,
+  divergence,
+  evaluation,
+  hparams,
+  parallel,
+  workdirs,
+)
 from mask2face.checkpointing import Checkpointer
 
 AXIS = parallel.AXIS
-# (pred, aux, batch) -> (scalar loss, dict of scalar terms): losses.compute_loss, bound to a config.
-LossFn = Callable[[jax.Array, Mapping[str, Any], Mapping[str, jax.Array]], tuple[Any, Any]]
+# (pred, aux, batch, *, loss_weights=) -> (scalar loss, dict of scalar terms):
+# losses.compute_loss bound to a config; `loss_weights` only when the state carries them.
+LossFn = Callable[..., tuple[Any, Any]]
 
 
 class TrainState(flax.struct.PyTreeNode):
-  """Everything a step changes; arrays only, so orbax saves and restores it as one tree."""
+  """Everything a step changes; arrays only, so orbax saves and restores it as one tree.
+
+  `loss_weights` (float32 scalars, `hparams.loss_weights`) enter the loss as values rather
+  than constants, so runs differing only in them share one compiled step; empty: the loss
+  function's own numbers.
+  """
 
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
   rng: jax.Array
+  loss_weights: Any = flax.struct.field(default_factory=dict)
 
 
 # --- Building blocks. -------------------------------------------------------------------------
@@ -105,65 +120,61 @@ def num_steps_per_epoch(num_train_examples: int, batch_size: int) -> int:
 
 
 def create_learning_rate_fn(config: ml_collections.ConfigDict, num_train_steps: int):
-  """Constant (optionally after a linear warmup) or warmup then cosine decay."""
-  lr = config.learning_rate
-  warmup = max(int(config.warmup_steps), 0)
-  if config.schedule == "constant":
-    if not warmup:
-      return optax.constant_schedule(lr)
-    return optax.join_schedules(
-      [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
-    )
-  if config.schedule == "warmup_cosine":
-    return optax.warmup_cosine_decay_schedule(
-      init_value=0.0,
-      peak_value=lr,
-      warmup_steps=warmup,
-      decay_steps=max(num_train_steps, warmup + 1),
-      end_value=lr * config.get("final_lr_fraction", 0.0),
-    )
-  raise ValueError(f"unknown schedule {config.schedule!r}; valid: constant, warmup_cosine")
+  """Constant (optionally after a linear warmup) or warmup then cosine decay: step -> rate."""
+  return hparams.make_optimizer(config, num_train_steps)[1]
 
 
 def create_optimizer(config: ml_collections.ConfigDict, num_train_steps: int):
-  """The optax optimizer of the config: adam | adamw | sgd, optional global-norm clipping."""
-  lr_fn = create_learning_rate_fn(config, num_train_steps)
-  if config.optimizer == "adam":
-    tx = optax.adam(lr_fn)
-  elif config.optimizer == "adamw":
-    tx = optax.adamw(lr_fn, weight_decay=config.weight_decay)
-  elif config.optimizer == "sgd":
-    tx = optax.sgd(lr_fn)
-  else:
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: adam, adamw, sgd")
-  if config.grad_clip_norm > 0:
-    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
-  return tx, lr_fn
+  """(tx, lr_fn): the config's adam | adamw | sgd, optional global-norm clipping.
+
+  The learning rate, its schedule's numbers, weight decay and clipping norm are values in the
+  optimizer state (`hparams`), so a sweep over them compiles the step once.
+  """
+  return hparams.make_optimizer(config, num_train_steps)
 
 
-def create_train_state(model, tx, rng: jax.Array, input_shape, mesh) -> TrainState:
-  """Initialises parameters, BatchNorm statistics and optimizer state, replicated on `mesh`."""
+def create_train_state(
+  model, tx, rng: jax.Array, input_shape, mesh, *, loss_weights=None
+) -> TrainState:
+  """Initialises parameters, BatchNorm statistics and optimizer state, replicated on `mesh`.
+
+  The model is initialised on the smallest input that gives it the same variables
+  (`models.smallest_input_shape`): the same values as at `input_shape`, for a fraction of the
+  compilation. `loss_weights` (optional, `hparams.loss_weights(config.loss)`) go into the
+  state as values. Everything the init program needs is an argument, not a constant, so runs
+  differing only in hyperparameters share it in the compilation cache.
+  """
+  from mask2face import models
+
   init_rng, state_rng = jax.random.split(rng)
+  small = models.smallest_input_shape(model, input_shape)
+  # An injected optimizer's values, passed in so that they are not constants of the program.
+  opt_values = getattr(tx.init({}), "hyperparams", None)
 
-  def init(rng):
+  def init(rng, state_rng, weights, opt_values):
     p_rng, d_rng, l_rng = jax.random.split(rng, 3)
     # train=False: BatchNorm would otherwise pmean over an axis that init does not bind.
     variables = model.init(
       {"params": p_rng, "dropout": d_rng, "latent": l_rng},
-      jnp.zeros(input_shape, jnp.float32),
+      jnp.zeros(small, jnp.float32),
       train=False,
     )
     params = variables["params"]
+    opt_state = tx.init(params)
+    if opt_values is not None:
+      opt_state = opt_state._replace(hyperparams=opt_values)
     return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
       batch_stats=variables.get("batch_stats", {}),
-      opt_state=tx.init(params),
+      opt_state=opt_state,
       rng=state_rng,
+      loss_weights=weights,
     )
 
   replicated = jax.sharding.NamedSharding(mesh, P())
-  return jax.jit(init, out_shardings=replicated)(init_rng)
+  weights = {k: jnp.float32(v) for k, v in (loss_weights or {}).items()}
+  return jax.jit(init, out_shardings=replicated)(init_rng, state_rng, weights, opt_values)
 
 
 def count_params(params) -> int:
@@ -184,6 +195,27 @@ def _as_float32(tree):
   )
 
 
+def to_float(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """A batch with float32 images in [0, 1] and mask in {0, 1}, from uint8 or float32 ones.
+
+  The train loader sends uint8 (a quarter of float32's bytes to the device); the cast
+  happens here, on the device. Float batches pass through unchanged.
+  """
+  out = dict(batch)
+  for key in ("masked", "clean"):
+    if key in out and out[key].dtype == jnp.uint8:
+      out[key] = out[key].astype(jnp.float32) / 255.0
+  if "mask" in out and out["mask"].dtype == jnp.uint8:
+    out["mask"] = out["mask"].astype(jnp.float32)
+  return out
+
+
+def _loss(loss_fn: LossFn, state: TrainState, pred, aux, batch):
+  """`loss_fn` in float32, with the state's loss weights as values when it has them."""
+  kwargs = {"loss_weights": state.loss_weights} if state.loss_weights else {}
+  return loss_fn(_as_float32(pred), _as_float32(aux), batch, **kwargs)
+
+
 # --- Per-device step functions (run under shard_map, see parallel.data_parallel). ------------
 
 
@@ -192,6 +224,7 @@ def train_step(state: TrainState, batch, *, model, tx, loss_fn: LossFn, axis_nam
 
   Returns the new state and a flat dict of scalar `train_*` metrics (already averaged).
   """
+  batch = to_float(batch)
   step_rng = jax.random.fold_in(state.rng, state.step)
   # Per-device randomness (dropout, VAE sampling), as under pmap.
   device_rng = jax.random.fold_in(step_rng, lax.axis_index(axis_name))
@@ -206,7 +239,7 @@ def train_step(state: TrainState, batch, *, model, tx, loss_fn: LossFn, axis_nam
       rngs={"dropout": dropout_rng, "latent": latent_rng},
       mutable=["batch_stats"],
     )
-    loss, terms = loss_fn(_as_float32(pred), _as_float32(aux), batch)
+    loss, terms = _loss(loss_fn, state, pred, aux, batch)
     return loss, (terms, updates)
 
   (loss, (terms, updates)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
@@ -228,6 +261,7 @@ def train_step(state: TrainState, batch, *, model, tx, loss_fn: LossFn, axis_nam
 
 def eval_step(state: TrainState, batch, *, model, loss_fn: LossFn, metrics_fn):
   """Per-example metrics (and loss) of this device's examples, plus the predictions."""
+  batch = to_float(batch)
   pred, aux = model.apply(
     _variables(state, state.params),
     batch["masked"],
@@ -239,7 +273,7 @@ def eval_step(state: TrainState, batch, *, model, loss_fn: LossFn, metrics_fn):
   # The loss per example, so padding (valid == 0) can be left out on the host.
   def one_loss(p, a, b):
     add_batch_axis = functools.partial(jax.tree.map, lambda x: x[None])
-    return loss_fn(p[None], add_batch_axis(a), add_batch_axis(b))[0]
+    return _loss(loss_fn, state, p[None], add_batch_axis(a), add_batch_axis(b))[0]
 
   per_example = dict(metrics_fn(pred, batch["clean"], batch["mask"]))
   per_example["loss"] = jax.vmap(one_loss)(pred, dict(aux), dict(batch))
@@ -324,7 +358,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   model = models.model_from_config(config)
   tx, lr_fn = create_optimizer(config, num_train_steps)
   size = config.data.image_size
-  state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), (1, size, size, 3), mesh)
+  state = create_train_state(
+    model,
+    tx,
+    jax.random.PRNGKey(config.seed),
+    (1, size, size, 3),
+    mesh,
+    loss_weights=hparams.loss_weights(config.loss),
+  )
   num_params = count_params(state.params)
   logging.info("%s: %s parameters.", config.model_name, f"{num_params:,}")
 
@@ -335,6 +376,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     best_mode=config.best_mode,
   )
   state, train_iter, progress = checkpointing.restore_or_initialize(ckpt, state, train_iter, config)
+  state = hparams.set_values(state, config, num_train_steps)  # The config's, not a checkpoint's.
   start_step = int(state.step)
 
   loss_fn = functools.partial(losses.compute_loss, config.loss)

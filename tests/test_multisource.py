@@ -166,6 +166,11 @@ def mixed(two_folders, tmp_path_factory):
 
 
 def _digest(array):
+  """A hash of an image's float32 [0, 1] values, whether it came as uint8 (training batches)
+  or float32 (evaluation batches)."""
+  array = np.asarray(array)
+  if array.dtype == np.uint8:
+    array = array.astype(np.float32) / 255.0
   return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 

@@ -17,15 +17,24 @@ rerun sees the same ones; evaluation uses `[eval_seed, hash of the image's key]`
 its own source) and no augmentation. Several sources (prepare.py) are mixed by weight in
 training batches (mixing.py).
 
-Batches are dicts of numpy arrays (see docs/design.md): `masked`, `clean` float32
-[B, H, W, 3] in [0, 1]; `mask` float32 [B, H, W, 1]; `family` int32 [B]; `valid` float32 [B];
-evaluation batches also `index` int32 [B], the example's position in `prepared.splits[split]`
-(-1 for padding), which names its photo and identity for host-side metrics.
+Batches are dicts of numpy arrays (see docs/design.md): `masked`, `clean` [B, H, W, 3] and
+`mask` [B, H, W, 1] (1 under the mask), `family` int32 [B], `valid` float32 [B]. Training
+batches carry the images and mask as uint8 (0..255, mask 0/1: a quarter of float32's bytes on
+the way to the device, where `train.to_float` casts them); evaluation batches as float32 in
+[0, 1], with `index` int32 [B] too, the example's position in `prepared.splits[split]` (-1 for
+padding), which names its photo and identity for host-side metrics.
+
+Workers: `data.worker_count` grain processes, -1 = one per core but one (`worker_count`);
+OpenCV runs single-threaded inside them (`_one_cv2_thread`), since the workers already use
+every core and OpenCV's own threads would only compete with them.
 """
 
 import dataclasses
+import functools
 import hashlib
 import math
+import multiprocessing
+import os
 
 import cv2
 import grain.python as grain
@@ -129,17 +138,30 @@ def color_jitter(images, rng: np.random.Generator, options: PairOptions, *, refe
   """The same random colour change on every image; values end clipped to [0, 1].
 
   The map is per pixel and shared (contrast uses the mean of `reference`), so pixels equal in
-  two images before stay equal after.
+  two images before stay equal after. Float32 images in [0, 1] or uint8 ones (0..255: OpenCV's
+  8-bit path rounds and saturates, the same map to within a level).
   """
-  matrix = jitter_transform(rng, options, reference.reshape(-1, 3).mean(axis=0))
+  scale = 255.0 if reference.dtype == np.uint8 else 1.0
+  matrix = jitter_transform(rng, options, reference.reshape(-1, 3).mean(axis=0) / scale)
   out = []
   for image in images:
+    if image.dtype == np.uint8:
+      out.append(cv2.transform(np.ascontiguousarray(image), matrix * [1, 1, 1, 255]))
+      continue
     x = cv2.transform(np.ascontiguousarray(image, np.float32), matrix)
     out.append(np.clip(x, 0.0, 1.0, out=x))
   return out
 
 
-def make_pair(image, points68, rng: np.random.Generator, options: PairOptions, *, augment: bool):
+def make_pair(
+  image,
+  points68,
+  rng: np.random.Generator,
+  options: PairOptions,
+  *,
+  augment: bool,
+  dtype=np.float32,
+):
   """One training example from a photo and its 68 landmarks.
 
   Args:
@@ -148,11 +170,15 @@ def make_pair(image, points68, rng: np.random.Generator, options: PairOptions, *
     rng: the example's generator (mask, flip and jitter are drawn from it, in that order).
     options: crop, mask and augmentation settings.
     augment: apply the flip and colour jitter (training only).
+    dtype: np.float32 (images in [0, 1]) or np.uint8 (0..255) for `masked`, `clean`, `mask`.
 
   Returns:
-    dict: `masked`, `clean` float32 [H, W, 3]; `mask` float32 [H, W, 1]; `family` int32;
-    `valid` float32 (1).
+    dict: `masked`, `clean` [H, W, 3]; `mask` [H, W, 1] (0 or 1); `family` int32; `valid`
+    float32 (1).
   """
+  dtype = np.dtype(dtype)
+  if dtype not in (np.float32, np.uint8):
+    raise ValueError(f"make_pair makes float32 or uint8 images, not {dtype}")
   size = options.image_size
   matrix = crop.crop_transform(
     points68, size=size, margin=options.margin, level_eyes=options.level_eyes
@@ -172,18 +198,18 @@ def make_pair(image, points68, rng: np.random.Generator, options: PairOptions, *
     clean = crop.warp(image, matrix, size)
     masked = crop.warp(painted.image, matrix, size)
     mask = crop.warp_mask(painted.mask, matrix, size)
-  clean = clean.astype(np.float32) / 255.0
-  masked = masked.astype(np.float32) / 255.0
-  mask = mask.astype(np.float32)[..., None]
-  if augment:
-    if options.flip and rng.random() < 0.5:
-      clean, masked, mask = clean[:, ::-1], masked[:, ::-1], mask[:, ::-1]
-    if options.color_jitter:
-      masked, clean = color_jitter([masked, clean], rng, options, reference=clean)
+  mask = mask.astype(dtype)[..., None]
+  if augment and options.flip and rng.random() < 0.5:
+    clean, masked, mask = clean[:, ::-1], masked[:, ::-1], mask[:, ::-1]
+  if dtype == np.float32:
+    clean = clean.astype(np.float32) / 255.0
+    masked = masked.astype(np.float32) / 255.0
+  if augment and options.color_jitter:
+    masked, clean = color_jitter([masked, clean], rng, options, reference=clean)
   return {
-    "masked": np.ascontiguousarray(masked, dtype=np.float32),
-    "clean": np.ascontiguousarray(clean, dtype=np.float32),
-    "mask": np.ascontiguousarray(mask, dtype=np.float32),
+    "masked": np.ascontiguousarray(masked, dtype=dtype),
+    "clean": np.ascontiguousarray(clean, dtype=dtype),
+    "mask": np.ascontiguousarray(mask, dtype=dtype),
     "family": np.int32(masks.FAMILY_NAMES.index(painted.family)),
     "valid": np.float32(1.0),
   }
@@ -263,11 +289,23 @@ class _EpochSampler(grain.IndexSampler):
     return "_Epoch" + super().__repr__()
 
 
-def _guarded(element, rng, options, *, augment):
+@functools.cache
+def _one_cv2_thread(pid: int) -> None:
+  """One OpenCV thread in a worker process (the workers already use every core); once per
+  process id, so a forked worker does not inherit its parent's 'done'."""
+  del pid  # The cache key.
+  if multiprocessing.parent_process() is not None:
+    cv2.setNumThreads(1)
+
+
+def _guarded(element, rng, options, *, augment, dtype=np.float32):
   """`make_pair`, or None (logged, naming the image) when one odd face breaks it: a long run
   goes on without that example (training drops it, evaluation counts it invalid)."""
+  _one_cv2_thread(os.getpid())
   try:
-    return make_pair(element["image"], element["points"], rng, options, augment=augment)
+    return make_pair(
+      element["image"], element["points"], rng, options, augment=augment, dtype=dtype
+    )
   except Exception as e:
     logging.error(
       "Skipping %s: making its pair failed (%s: %s)", element["key"], type(e).__name__, e
@@ -276,7 +314,7 @@ def _guarded(element, rng, options, *, augment):
 
 
 class _TrainPair(grain.RandomMapTransform):
-  """Makes an augmented training pair from the sampler's per-(epoch, record) generator."""
+  """Makes an augmented uint8 training pair from the sampler's per-(epoch, record) generator."""
 
   def __init__(self, options: PairOptions):
     self._options = options
@@ -284,7 +322,7 @@ class _TrainPair(grain.RandomMapTransform):
   def random_map(self, element, rng):
     if element["image"] is None:
       return None
-    return _guarded(element, rng, self._options, augment=True)
+    return _guarded(element, rng, self._options, augment=True, dtype=np.uint8)
 
 
 class _EvalPair(grain.MapTransform):
@@ -324,8 +362,27 @@ def _points(prepared: PreparedData, keys) -> np.ndarray:
   return np.stack([np.asarray(prepared.landmarks[k].points, np.float32) for k in keys])
 
 
-def _worker_count(data_config) -> int:
+# Auto worker counts stop here: each worker is a process with its own memory and imports.
+MAX_AUTO_WORKERS = 16
+
+
+def worker_count(data_config) -> int:
+  """`data.worker_count`, where -1 (auto) is one per core this process may use, but one.
+
+  At 256 px a worker makes about 200 training pairs a second, so 1,000 img/s needs five or
+  more; the core left over runs the training loop.
+  """
   count = int(data_config.worker_count)
+  if count >= 0:
+    return count
+  if count != -1:
+    raise ValueError(f"data.worker_count must be -1 (auto) or >= 0, got {count}")
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return min(max((cores or 1) - 1, 0), MAX_AUTO_WORKERS)
+
+
+def _worker_count(data_config) -> int:
+  count = worker_count(data_config)
   if count > 0 and not flags.FLAGS.is_parsed():
     # grain's workers read absl flags; outside absl.app.run (pytest, notebooks) they are unparsed.
     flags.FLAGS.mark_as_parsed()

@@ -12,12 +12,16 @@ one file plus one line in `MODELS`, and tests/test_models.py then checks it.
 """
 
 import dataclasses
-from collections.abc import Mapping
+import functools
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 from flax.core import FrozenDict
 
+from mask2face.models import layers
 from mask2face.models.encoder_decoder import EncoderDecoder
 from mask2face.models.refine_unet import RefineUNet
 from mask2face.models.resnet_unet import ResNetUNet
@@ -59,13 +63,48 @@ def model_from_config(config: Any, *, axis_name: str | None = AXIS, **overrides:
 
   Models with BatchNorm get `axis_name` (default: the trainer's device axis) so their batch
   statistics are averaged over devices; pass None outside a device-parallel step.
+  `dtype='auto'` is resolved here, for the devices of this process (`layers.resolve_dtype`:
+  bfloat16 on GPU and TPU, float32 on CPU).
   """
   kwargs = config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)
+  if "dtype" in kwargs:
+    kwargs["dtype"] = layers.resolve_dtype(kwargs["dtype"]).name
   cls = MODELS.get(config.model_name)  # An unknown name is get_model's error to report.
   if dataclasses.is_dataclass(cls) and "axis_name" in {f.name for f in dataclasses.fields(cls)}:
     kwargs["axis_name"] = axis_name
   kwargs.update(overrides)
   return get_model(config.model_name, **kwargs)
+
+
+def _variable_shapes(model: nn.Module, input_shape: Sequence[int]):
+  rngs = {name: jax.random.key(0) for name in ("params", "dropout", "latent")}
+  x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), rngs, x)
+  return jax.tree.map(lambda s: (s.shape, s.dtype), shapes)
+
+
+def smallest_input_shape(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, ...]:
+  """The smallest input, H and W divided by a power of two, with `input_shape`'s variables.
+
+  Flax draws each variable from its own name and shape, so a conv net initialised on this
+  input gets exactly the values it would get at full size, for a fraction of the compile
+  time and memory. Shapes come from `jax.eval_shape` (nothing is computed); a model whose
+  variables depend on the image size (a dense layer on a flattened map) gets its full size.
+  """
+  n, h, w, c = input_shape
+  full = _variable_shapes(model, input_shape)
+  divisor = 1
+  while h % (2 * divisor) == 0 and w % (2 * divisor) == 0:
+    divisor *= 2
+  while divisor > 1:
+    shape = (n, h // divisor, w // divisor, c)
+    divisor //= 2
+    try:
+      if _variable_shapes(model, shape) == full:
+        return shape
+    except Exception:  # Any failure only means that this input is too small.
+      continue
+  return tuple(input_shape)
 
 
 def _plain(value: Any) -> Any:
@@ -78,4 +117,4 @@ def _plain(value: Any) -> Any:
   return value
 
 
-__all__ = ["MODELS", "get_model", "model_from_config"]
+__all__ = ["MODELS", "get_model", "model_from_config", "smallest_input_shape"]

@@ -20,10 +20,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mask2face import cli
-from mask2face.models import MODELS, get_model, model_from_config
+from mask2face.models import MODELS, get_model, layers, model_from_config
 
 _RNGS = ("params", "latent", "dropout")
-_LAYERS = (nn.Conv, nn.ConvTranspose, nn.BatchNorm, nn.GroupNorm)
+_LAYERS = (nn.Conv, nn.ConvTranspose, layers.ResizeConv, nn.BatchNorm, nn.GroupNorm)
 
 
 def _rngs() -> dict[str, jax.Array]:
