@@ -19,7 +19,7 @@ import numpy as np
 from absl import app, flags
 
 from mask2face import config_files
-from mask2face.data import images, pipeline
+from mask2face.data import images, pairs
 from mask2face.data.landmarks import LandmarkDetector
 
 COMMON_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "common.py"
@@ -50,32 +50,32 @@ def landmark_photos(paths):
 
 
 def pairs_per_second(found, options, repeats) -> float:
-  pipeline.make_pair(found[0][0], found[0][1], np.random.default_rng(0), options, augment=True)
+  pairs.make_pair(found[0][0], found[0][1], np.random.default_rng(0), options, augment=True)
   start = time.process_time()
   for epoch in range(repeats):
     for i, (image, points) in enumerate(found):
       rng = np.random.default_rng([0, epoch, i])
-      pipeline.make_pair(image, points, rng, options, augment=True)
+      pairs.make_pair(image, points, rng, options, augment=True)
   return repeats * len(found) / (time.process_time() - start)
 
 
 def main(argv):
   del argv
   cv2.setNumThreads(1)
-  base = pipeline.PairOptions.from_config(config_files.load(COMMON_CONFIG).data)
+  base = pairs.PairOptions.from_config(config_files.load(COMMON_CONFIG).data)
   rows = []
   for name in _FOLDERS.value:
     found, faces_per_s = landmark_photos(_photos(pathlib.Path(_DATA.value) / name, _NUM.value))
     sides = [max(image.shape[:2]) for image, _ in found]
     row = [name, f"{len(found)}", f"{np.median(sides):.0f}", f"{faces_per_s:.1f}"]
     for size in (int(s) for s in _SIZES.value):
-      for order in pipeline.PAINT_ORDERS:
+      for order in pairs.PAINT_ORDERS:
         options = dataclasses.replace(base, image_size=size, paint_order=order)
         row.append(f"{pairs_per_second(found, options, _REPEATS.value):.1f}")
     rows.append(row)
   header = ["photos", "faces", "median side", "landmarks faces/s/core"]
   for size in _SIZES.value:
-    header += [f"pairs/s/worker {size}² {order}" for order in pipeline.PAINT_ORDERS]
+    header += [f"pairs/s/worker {size}² {order}" for order in pairs.PAINT_ORDERS]
   print("| " + " | ".join(header) + " |")
   print("|" + "---|" * len(header))
   for row in rows:

@@ -7,7 +7,7 @@ import pytest
 import scipy.ndimage
 
 from mask2face import baselines, metrics
-from mask2face.data import dlib_faces, images, pipeline
+from mask2face.data import dlib_faces, images, pairs
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +21,12 @@ def real_batches(shared_data):
     faces.append((image, dlib_faces.find_faces(image)[0].points))
   out = {}
   for size in (64, 256):
-    options = pipeline.PairOptions(image_size=size)
-    pairs = [
-      pipeline.make_pair(image, points, np.random.default_rng(i), options, augment=False)
+    options = pairs.PairOptions(image_size=size)
+    made = [
+      pairs.make_pair(image, points, np.random.default_rng(i), options, augment=False)
       for i, (image, points) in enumerate(faces)
     ]
-    out[size] = {k: np.stack([p[k] for p in pairs]) for k in pairs[0]}
+    out[size] = {k: np.stack([p[k] for p in made]) for k in made[0]}
   return out
 
 

@@ -12,7 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mask2face import config_files, models, train
-from mask2face.data import pipeline
+from mask2face.data import pairs
 from mask2face.models import MODELS
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -186,7 +186,7 @@ def test_sibling_loads_a_fresh_copy_beside_the_config(tmp_path, monkeypatch):
 
 def test_pair_defaults_are_the_common_config_data():
   # The pair CLIs take their defaults from PairOptions (library code never imports configs/).
-  assert pipeline.PairOptions() == pipeline.PairOptions.from_config(load("common").data)
+  assert pairs.PairOptions() == pairs.PairOptions.from_config(load("common").data)
 
 
 LOAD_FROM_ANYWHERE = """

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mask2face.data import export_pairs, pipeline, preview, sources
+from mask2face.data import export_pairs, pairs, preview, sources
 
 SIZE = 32
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def test_export_writes_pairs_and_reports_bad_files(tiny_folder, tmp_path):
 
 def test_export_stops_at_num(tiny_folder, tmp_path):
   out = tmp_path / "two"
-  options = pipeline.PairOptions(image_size=24)
+  options = pairs.PairOptions(image_size=24)
   tally = export_pairs.write_pairs(sources.get_source(str(tiny_folder)), options, out, num=2)
   assert tally.counts["ok"] == 2 and len(os.listdir(out / "inputs")) == 2
 
@@ -103,7 +103,7 @@ def test_pair_options_from_flags_and_config():
 
     def __init__(self, config="", **given):
       self.config = config
-      defaults = pipeline.PairOptions()
+      defaults = pairs.PairOptions()
       self._flags = {
         name: types.SimpleNamespace(
           value=given.get(name, getattr(defaults, field)), present=int(name in given)
@@ -114,7 +114,7 @@ def test_pair_options_from_flags_and_config():
     def __getitem__(self, name):
       return self._flags[name]
 
-  assert export_pairs.options_from_flags(Flags()) == pipeline.PairOptions()
+  assert export_pairs.options_from_flags(Flags()) == pairs.PairOptions()
   assert export_pairs.options_from_flags(Flags(size=48)).image_size == 48
   config = f"{REPO_ROOT / 'configs' / 'unet.py'}:runlocal"
   from_config = export_pairs.options_from_flags(Flags(config, margin=0.5))

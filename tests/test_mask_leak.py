@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mask2face.data import landmarks, pipeline
+from mask2face.data import landmarks, pairs
 from mask2face.data.masks import FAMILY_NAMES, MaskPainter
 
 SIZE = 256
@@ -107,12 +107,12 @@ def test_linear_readout_of_the_mask_no_better_than_a_constant(real_faces):
   Measured here: within 1.06 dB, across 0.25 dB when masks were shaded from the pixels under
   them; 0.09 dB and 0.04 dB with the light taken from the visible upper face.
   """
-  options = pipeline.PairOptions(image_size=SIZE)
+  options = pairs.PairOptions(image_size=SIZE)
   within, across = [], []
   for i, (image, points) in enumerate(real_faces):
     for j in range(PAINTS):
       rng = np.random.default_rng([j, i])
-      pair = pipeline.make_pair(image, points, rng, options, augment=False)
+      pair = pairs.make_pair(image, points, rng, options, augment=False)
       inside = pair["mask"][..., 0] > 0.5
       x = pair["masked"][inside].astype(np.float64)
       y = pair["clean"][inside].astype(np.float64)

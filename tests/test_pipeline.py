@@ -12,7 +12,7 @@ import pytest
 from absl import flags
 
 from mask2face import config_files
-from mask2face.data import crop, images, masks, pipeline, sources, splits
+from mask2face.data import crop, images, masks, pairs, pipeline, sources, splits
 from mask2face.data.landmark_cache import compute_cache
 
 COMMON_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "common.py"
@@ -260,8 +260,8 @@ def test_jitter_transform_components():
 
   def jitter(**kw):
     fields = dict(brightness=0.0, contrast=(1.0, 1.0), saturation=(1.0, 1.0), hue=0.0)
-    options = pipeline.PairOptions(**{**fields, **kw})
-    return pipeline.color_jitter([x], np.random.default_rng(1), options, reference=x)[0]
+    options = pairs.PairOptions(**{**fields, **kw})
+    return pairs.color_jitter([x], np.random.default_rng(1), options, reference=x)[0]
 
   np.testing.assert_allclose(jitter(), x, atol=1e-6)
   gray = jitter(saturation=(0.0, 0.0))
@@ -304,11 +304,9 @@ def test_paint_orders_agree(prepared, size):
   key = data.splits["train"][0]
   image, points = data.source.load(key), data.landmarks[key].points
   made = {}
-  for order in pipeline.PAINT_ORDERS:
-    options = pipeline.PairOptions(image_size=size, paint_order=order, mask_families="surgical")
-    made[order] = pipeline.make_pair(
-      image, points, np.random.default_rng(7), options, augment=False
-    )
+  for order in pairs.PAINT_ORDERS:
+    options = pairs.PairOptions(image_size=size, paint_order=order, mask_families="surgical")
+    made[order] = pairs.make_pair(image, points, np.random.default_rng(7), options, augment=False)
   a, b = made["crop_then_paint"]["mask"] > 0, made["paint_then_crop"]["mask"] > 0
   assert (a & b).sum() / (a | b).sum() > 0.8
   np.testing.assert_array_equal(made["crop_then_paint"]["clean"], made["paint_then_crop"]["clean"])
@@ -316,7 +314,7 @@ def test_paint_orders_agree(prepared, size):
   expected = "paint_then_crop" if size == 256 else "crop_then_paint"
   np.testing.assert_array_equal(made["auto"]["masked"], made[expected]["masked"])
   with pytest.raises(ValueError, match="paint_order"):
-    pipeline.PairOptions(image_size=size, paint_order="sideways")
+    pairs.PairOptions(image_size=size, paint_order="sideways")
 
 
 def test_prepare_data_computes_a_missing_cache(face_folder, tmp_path, monkeypatch):

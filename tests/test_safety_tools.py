@@ -22,7 +22,7 @@ from PIL import Image
 from run_folder import write_run_folder
 
 from mask2face import cli, detect, export, models, predict
-from mask2face.data import export_pairs, pipeline
+from mask2face.data import export_pairs, pairs
 from mask2face.data.sources import get_source
 from mask2face.experiments import report
 
@@ -223,7 +223,7 @@ def test_other_clis_replace_outputs_only_when_asked(tmp_path, grace_hopper):
   folder.mkdir(parents=True)
   Image.fromarray(grace_hopper).save(folder / "a.jpg")
   source = get_source(str(tmp_path / "faces"))
-  options = pipeline.PairOptions(image_size=SIZE)
+  options = pairs.PairOptions(image_size=SIZE)
   out = tmp_path / "pairs"
   assert export_pairs.write_pairs(source, options, out, num=1).counts["ok"] == 1
   with pytest.raises(cli.UserError, match="already exists: pass --overwrite"):

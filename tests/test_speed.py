@@ -21,7 +21,7 @@ import pytest
 from model_init import RNGS
 
 from mask2face import config_files, hparams, losses, models, parallel, train
-from mask2face.data import pipeline
+from mask2face.data import pairs, pipeline
 from mask2face.models import layers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -373,16 +373,16 @@ def astronaut_face(astronaut):
 
 def test_uint8_pairs_are_the_float_pairs_to_a_level(astronaut_face):
   image, points = astronaut_face
-  options = pipeline.PairOptions(image_size=64)
+  options = pairs.PairOptions(image_size=64)
   for augment in (False, True):
     for seed in range(3):
-      pairs = [
-        pipeline.make_pair(
+      made = [
+        pairs.make_pair(
           image, points, np.random.default_rng(seed), options, augment=augment, dtype=dtype
         )
         for dtype in (np.float32, np.uint8)
       ]
-      floats, as_uint8 = pairs
+      floats, as_uint8 = made
       assert as_uint8["masked"].dtype == as_uint8["mask"].dtype == np.uint8
       np.testing.assert_array_equal(floats["mask"], as_uint8["mask"].astype(np.float32))
       for key in ("masked", "clean"):

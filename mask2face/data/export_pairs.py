@@ -10,7 +10,7 @@ when given, else dlib runs on the fly. Files that cannot be read and photos with
 skipped, counted and listed at the end; every file is written atomically (temp file + rename).
 An --out that already holds pairs is refused unless --overwrite (which replaces pairs of the
 same names and keeps the rest).
-Crop, mask and size settings default to `pipeline.PairOptions` (the values of
+Crop, mask and size settings default to `pairs.PairOptions` (the values of
 `configs/common.py`'s `config.data`), or come from `--config`'s `config.data`.
 """
 
@@ -28,7 +28,7 @@ from absl import app, flags, logging
 
 from mask2face import atomic, cli, config_files
 from mask2face.data import landmarks as landmarks_lib
-from mask2face.data import pipeline, sources
+from mask2face.data import pairs, sources
 from mask2face.data.images import ImageError
 
 # Pair settings with a flag of their own: flag name -> `PairOptions` field.
@@ -43,7 +43,7 @@ OPTION_FLAGS = {
 
 def define_flags():
   """Flags shared by this CLI and `mask2face.data.preview`."""
-  defaults = pipeline.PairOptions()
+  defaults = pairs.PairOptions()
   flags.DEFINE_string(
     "config",
     "",
@@ -68,13 +68,13 @@ def define_flags():
   flags.mark_flags_as_required(["source", "out"])
 
 
-def options_from_flags(f=flags.FLAGS) -> pipeline.PairOptions:
+def options_from_flags(f=flags.FLAGS) -> pairs.PairOptions:
   """`--config`'s pair settings (or the defaults), then the flags (with --config: those given)."""
   if not f.config:
     return dataclasses.replace(
-      pipeline.PairOptions(), **{field: f[name].value for name, field in OPTION_FLAGS.items()}
+      pairs.PairOptions(), **{field: f[name].value for name, field in OPTION_FLAGS.items()}
     )
-  base = pipeline.PairOptions.from_config(config_files.load(f.config).data)
+  base = pairs.PairOptions.from_config(config_files.load(f.config).data)
   given = {field: f[name].value for name, field in OPTION_FLAGS.items() if f[name].present}
   return dataclasses.replace(base, **given)
 
@@ -116,7 +116,7 @@ def _make(item) -> Outcome:
     return Outcome(index, key, status="no_face", reason=f"{key}: no face found")
   try:
     rng = np.random.default_rng([w["seed"], index])
-    pair = pipeline.make_pair(image, face.points, rng, w["options"], augment=w["augment"])
+    pair = pairs.make_pair(image, face.points, rng, w["options"], augment=w["augment"])
   except Exception as e:  # A painter failure on one odd face must not stop the job.
     logging.exception("Pair for %s failed", key)
     return Outcome(index, key, status="failed", reason=f"{key}: {type(e).__name__}: {e}")
