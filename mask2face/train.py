@@ -21,7 +21,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from etils import epath
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
@@ -31,6 +30,7 @@ from mask2face import (
   divergence,
   evaluation,
   hparams,
+  input_pipeline,
   parallel,
   workdirs,
 )
@@ -75,48 +75,6 @@ def create_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     config.batch_size,
   )
   return mesh
-
-
-def create_input_pipelines(config: ml_collections.ConfigDict, workdir: epath.Path):
-  """This host's share of the data: (train iterator, split -> eval batches, PreparedData).
-
-  Each host reads only the examples its own devices train on. The train iterator is endless
-  and checkpointable (grain); `eval_batches(split)` gives that split's `pipeline.EvalBatches`
-  (one per split, kept for the run, so its grain workers start once). Process 0 goes first:
-  it builds any missing landmark cache (minutes of dlib) and writes `workdir/splits.json`
-  while the other hosts wait at a barrier; then they read the cache (put it on storage every
-  host sees) and make the same splits from the same seed.
-  """
-  from mask2face.data import pipeline
-
-  if jax.process_index() == 0:
-    prepared = pipeline.prepare_data(
-      config.data, workdir=workdir, min_examples=workdirs.min_split_sizes(config)
-    )
-  parallel.sync("mask2face: landmark caches and splits ready")
-  if jax.process_index() != 0:
-    prepared = pipeline.prepare_data(config.data, workdir=None)
-  n_hosts = jax.process_count()
-  shard = dict(shard_index=jax.process_index(), shard_count=n_hosts)
-  train_loader = pipeline.train_loader(
-    prepared, config.data, batch_size=config.batch_size // n_hosts, seed=config.seed, **shard
-  )
-  eval_batch_size = (config.eval_batch_size or config.batch_size) // n_hosts
-
-  @functools.cache
-  def eval_batches(split: str):
-    return pipeline.eval_batches(prepared, config.data, split, batch_size=eval_batch_size, **shard)
-
-  return iter(train_loader), eval_batches, prepared
-
-
-def num_steps_per_epoch(num_train_examples: int, batch_size: int) -> int:
-  steps = num_train_examples // batch_size
-  if steps == 0:
-    raise ValueError(
-      f"the train split has {num_train_examples} examples, fewer than one batch of {batch_size}"
-    )
-  return steps
 
 
 def create_learning_rate_fn(config: ml_collections.ConfigDict, num_train_steps: int):
@@ -344,9 +302,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   workdirs.check_resume(workdir, config)
 
   mesh = create_mesh(config)
-  train_iter, eval_batches, prepared = create_input_pipelines(config, workdir)
+  train_iter, eval_batches, prepared = input_pipeline.create_input_pipelines(config, workdir)
   num_train_examples = prepared.num_examples("train")  # Capped at data.max_examples.
-  steps_per_epoch = num_steps_per_epoch(num_train_examples, config.batch_size)
+  steps_per_epoch = input_pipeline.num_steps_per_epoch(num_train_examples, config.batch_size)
   num_train_steps = config.num_train_steps
   if num_train_steps <= 0:
     num_train_steps = config.num_epochs * steps_per_epoch
