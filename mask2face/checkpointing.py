@@ -24,6 +24,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -188,18 +189,32 @@ class Checkpointer:
 
   @staticmethod
   def load_weights(path, state_like):
-    """Params and BatchNorm statistics from another run's checkpoint folder (`.../<step>`).
+    """Params and BatchNorm statistics from another run's step folder or a bundled model.
 
-    The optimizer, step and rng of `state_like` are kept: this starts a new run from trained
-    weights rather than resuming an old one.
+    `path` is a step folder of another run (`.../checkpoints/<step>`) or `bundled:NAME` (the
+    weights shipped in `mask2face/weights/`, see `mask2face.bundled`). Only the weights are
+    read, so the other run may have had another optimizer or state layout; the optimizer,
+    step and rng of `state_like` are kept: this starts a new run from trained weights rather
+    than resuming an old one.
     """
-    path = as_path(path)
-    if not (path / "state").is_dir():
-      raise ValueError(f"{path}: not a mask2face checkpoint step folder (no 'state' inside)")
-    # The whole saved state is read (same model, same optimizer), then only weights kept.
-    with ocp.StandardCheckpointer() as checkpointer:
-      restored = checkpointer.restore(path / "state", _abstract(state_like))
-    return state_like.replace(params=restored.params, batch_stats=restored.batch_stats)
+    from mask2face import bundled
+
+    if str(path).startswith(bundled.PREFIX):
+      name = str(path)[len(bundled.PREFIX) :]
+      variables = bundled.load_variables(bundled.WEIGHTS_DIR / f"{name}.npz")
+    else:
+      path = as_path(path)
+      if not (path / "state").is_dir():
+        raise ValueError(f"{path}: not a mask2face checkpoint step folder (no 'state' inside)")
+      with ocp.StandardCheckpointer() as checkpointer:
+        saved = checkpointer.restore(path / "state")
+      variables = {"params": saved["params"], "batch_stats": saved.get("batch_stats") or {}}
+    return state_like.replace(
+      params=_placed_like(variables["params"], state_like.params, path, "parameters"),
+      batch_stats=_placed_like(
+        variables.get("batch_stats") or {}, state_like.batch_stats, path, "BatchNorm statistics"
+      ),
+    )
 
   def wait_until_finished(self) -> None:
     self._latest.wait_until_finished()
@@ -208,6 +223,20 @@ class Checkpointer:
   def close(self) -> None:
     self._latest.close()
     self._best.close()
+
+
+def _placed_like(tree, like, source, what: str):
+  """`tree`'s arrays with `like`'s dtypes and shardings; a clear error when they do not fit."""
+  shapes = jax.tree.map(lambda x: tuple(np.shape(x)), tree)
+  wanted = jax.tree.map(lambda x: tuple(x.shape), like)
+  if shapes != wanted:
+    raise ValueError(
+      f"{source}: its {what} do not fit this config's model (another architecture, width or "
+      "number of levels?)"
+    )
+  return jax.tree.map(
+    lambda x, ref: jax.device_put(np.asarray(x, ref.dtype), ref.sharding), tree, like
+  )
 
 
 def restore_or_initialize(ckpt: Checkpointer, state, train_iter, config):
