@@ -200,7 +200,8 @@ from mask2face import main  # Defines main.py's --config and --workdir, reading 
 
 flags.FLAGS(sys.argv[:1] + sys.argv[2:])
 config = flags.FLAGS.config
-print(json.dumps({"sizes": sizes, "main": [config.name, config.data.image_size, config.batch_size]}))
+main_config = [config.name, config.data.image_size, config.batch_size]
+print(json.dumps({"sizes": sizes, "main": main_config}))
 """
 
 
