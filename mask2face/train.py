@@ -4,9 +4,11 @@
 named by `config.model_name`, resumes from `workdir/checkpoints` when a previous run left one,
 trains with periodic validation, logging and checkpoints, then evaluates the test split and
 writes `workdir/results.json`. The step functions are pure, at module level, and written
-per device as under pmap (see `mask2face.parallel`). The host's records (early stopping,
-timing, metrics.jsonl, results.json) are `mask2face.bookkeeping`'s; process set-up
-(multi-host, compilation cache) is `mask2face.main`'s.
+per device as under pmap (see `mask2face.parallel`). Evaluation passes are
+`mask2face.evaluation`'s; checkpoints, the resume order and preemption
+`mask2face.checkpointing`'s; the host's records (early stopping, timing, metrics.jsonl,
+results.json) `mask2face.bookkeeping`'s; process set-up (multi-host, compilation cache)
+`mask2face.main`'s.
 """
 
 import functools

@@ -119,3 +119,39 @@ def test_shard_batch_places_examples_on_the_mesh():
   sharded = parallel.shard_batch(batch, mesh)
   assert sharded["x"].sharding.spec == jax.sharding.PartitionSpec("data")
   np.testing.assert_array_equal(parallel.fetch(sharded)["x"], batch["x"])
+
+
+class _CountingIterator:
+  """An iterator whose state is how many batches it has handed out (as grain's is)."""
+
+  def __init__(self):
+    self.count = 0
+
+  def __next__(self):
+    self.count += 1
+    return {"x": np.full((2, 3), self.count, np.float32)}
+
+  def get_state(self):
+    return self.count
+
+
+def test_device_prefetch_state_is_that_of_the_batches_handed_out():
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  source = _CountingIterator()
+  batches = parallel.DevicePrefetch(source, mesh, size=2)
+  assert batches.get_state() == 0
+  first = next(batches)
+  assert float(first["x"][0, 0]) == 1 and source.count == 2  # One batch already ahead.
+  assert batches.get_state() == 1  # What a checkpoint records: the batch trained on.
+  assert [float(next(batches)["x"][0, 0]) for _ in range(3)] == [2, 3, 4]
+  assert batches.get_state() == 4 and source.count == 5
+
+
+def test_local_rows_and_gather_on_one_host():
+  mesh = parallel.make_mesh()
+  batch = {"x": np.arange(2 * jax.device_count(), dtype=np.float32)}
+  np.testing.assert_array_equal(
+    parallel.local_rows(parallel.shard_batch(batch, mesh))["x"], batch["x"]
+  )
+  assert parallel.gather_hosts(batch) is batch and parallel.all_hosts(True)
+  parallel.sync("a barrier is a no-op on one host")

@@ -38,56 +38,56 @@ def test_killed_anywhere_the_rerun_finishes_with_the_same_results(faces, tmp_pat
   folder, cache = faces
   flags = tiny_run.config_flags(folder, cache, tmp_path / "jax_cache")
   started = time.monotonic()
-
-  # The uninterrupted run: its results, and how long its loop (and test pass) takes.
   straight, log = tmp_path / "straight", tmp_path / "straight.log"
-  proc = tiny_run.start(straight, flags, log=log)
-  tiny_run.wait_for(lambda: tiny_run.log_has(log, "Training steps"), timeout=600, what="loop")
-  loop_start = time.monotonic()
-  assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
-  loop_secs = time.monotonic() - loop_start
+  assert tiny_run.start(straight, flags, log=log).wait(timeout=900) == 0, log.read_text()[-3000:]
   want, want_evals = tiny_run.results(straight), tiny_run.eval_lines(straight)
+  # A step with its evaluation and save, as the uninterrupted run took them (compiled).
+  step_secs = 3 * float(np.median(np.diff(tiny_run.step_times(log)[1:])))
 
-  # Kill at seeded random moments of the loop; a run that finishes first is checked, and the
-  # next kills go to a fresh workdir.
+  # Each kill lands at a seeded random moment after a seeded random step k has been logged
+  # (or the first step of a rerun resumed past k): inside step k + 1, k's evaluation or saves,
+  # or, for k = 12, the test pass. A rerun left only the test pass logs no step and finishes:
+  # it is checked, and the next kills go to a fresh workdir.
   rng = np.random.default_rng(0)
-  kills, finished, attempt = [], 0, 0
+  kills, completed, attempt = [], 0, 0
   workdir = tmp_path / "killed_0"
   while len(kills) < NUM_KILLS:
     log = tmp_path / f"attempt_{attempt}.log"
     attempt += 1
+    k, delay = int(rng.integers(1, 13)), rng.uniform(0.0, step_secs)
     proc = tiny_run.start(workdir, flags, log=log)
-    in_loop = tiny_run.wait_for(
-      lambda log=log: tiny_run.log_has(log, "Training steps"), timeout=600, proc=proc, what="loop"
+    reached = tiny_run.wait_for(
+      lambda log=log, k=k: max(tiny_run.step_times(log, with_steps=True)[1], default=0) >= k,
+      timeout=900,
+      proc=proc,
+      what=f"step {k}",
     )
-    delay = rng.uniform(0.0, loop_secs)
-    if in_loop and proc.poll() is None:
+    if reached:
       time.sleep(delay)
     if proc.poll() is None:
       tiny_run.stop(proc)
-      last_line = log.read_text(errors="replace").strip().splitlines()[-1][-120:]
-      kills.append(f"{delay:.2f}s: {last_line}")
+      kills.append(f"after step {k} + {delay:.2f} s: {tiny_run.last_event(log)}")
       continue
     assert proc.returncode == 0, log.read_text()[-3000:]
-    tiny_run.assert_same_results(want, tiny_run.results(workdir))
-    assert _same_evals(want_evals, tiny_run.eval_lines(workdir))
-    finished += 1
-    workdir = tmp_path / f"killed_{finished}"
-
-  # The last workdir's rerun finishes the run it was killed in.
+    _assert_same_run(workdir, want, want_evals)
+    completed += 1
+    workdir = tmp_path / f"killed_{completed}"
   log = tmp_path / "final.log"
-  assert tiny_run.start(workdir, flags, log=log).wait(timeout=600) == 0, log.read_text()[-3000:]
-  tiny_run.assert_same_results(want, tiny_run.results(workdir))
-  assert _same_evals(want_evals, tiny_run.eval_lines(workdir))
-  # No kill left a checkpoint that was later taken for a good one (they would be set aside).
-  assert not any(
-    (tmp_path / f"killed_{i}" / "checkpoints" / "unreadable").exists() for i in range(finished + 1)
-  )
+  assert tiny_run.start(workdir, flags, log=log).wait(timeout=900) == 0, log.read_text()[-3000:]
+  _assert_same_run(workdir, want, want_evals)
   print(
-    f"{len(kills)} kills, {finished + 1} workdirs, {time.monotonic() - started:.0f} s:",
+    f"{len(kills)} kills, {completed + 1} workdirs, {attempt + 2} runs in "
+    f"{time.monotonic() - started:.0f} s:",
     *kills,
     sep="\n  ",
   )
+
+
+def _assert_same_run(workdir, want, want_evals):
+  tiny_run.assert_same_results(want, tiny_run.results(workdir))
+  assert _same_evals(want_evals, tiny_run.eval_lines(workdir))
+  # No kill left a folder that a rerun took for a damaged checkpoint.
+  assert not (workdir / "checkpoints" / checkpointing.UNREADABLE_DIR).exists()
 
 
 def _same_evals(want: dict, got: dict) -> bool:

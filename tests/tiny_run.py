@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -132,6 +133,23 @@ def wait_for(condition, *, timeout: float, proc: subprocess.Popen | None = None,
 
 def log_has(log: pathlib.Path, text: str, *, after: int = 0) -> bool:
   return log.exists() and text in log.read_text(errors="replace")[after:]
+
+
+_STEP_LINE = re.compile(r"^I\d{4} (\d\d):(\d\d):(\d\d\.\d+) .*\] step (\d+)/\d+:", re.MULTILINE)
+
+
+def step_times(log: pathlib.Path, *, with_steps: bool = False):
+  """Seconds of day at which the trainer logged each step line ([steps] too if asked)."""
+  text = log.read_text(errors="replace") if log.exists() else ""
+  found = _STEP_LINE.findall(text)
+  times = [int(h) * 3600 + int(m) * 60 + float(s) for h, m, s, _ in found]
+  return (times, [int(x[-1]) for x in found]) if with_steps else times
+
+
+def last_event(log: pathlib.Path) -> str:
+  """What the trainer was last seen doing, for the record of a kill."""
+  lines = [x for x in log.read_text(errors="replace").splitlines() if x.startswith(("I1", "W1"))]
+  return lines[-1].split("] ", 1)[-1][:90] if lines else "(starting)"
 
 
 def results(workdir: pathlib.Path) -> dict:
