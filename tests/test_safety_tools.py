@@ -102,12 +102,13 @@ def test_savedmodel_overwrite_keeps_neighbours_and_follows_the_umask(run_dir, tm
   old = os.umask(0o022)
   try:
     export.run(run_dir, "savedmodel", out)
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert (out / "saved_model.pb").stat().st_mode & 0o777 == 0o644
     export.run(run_dir, "savedmodel", out, overwrite=True)
   finally:
     os.umask(old)
   assert (neighbour / "keep.txt").read_text() == "mine"
   assert out.stat().st_mode & 0o777 == 0o755
-  assert (out / "saved_model.pb").stat().st_mode & 0o777 == 0o644
   assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model.old", "run"]
 
 

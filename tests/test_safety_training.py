@@ -345,15 +345,16 @@ def test_written_files_follow_the_umask(tmp_path, grace_hopper, umask, mode):
   folder = make_faces(tmp_path / "faces", grace_hopper, people=1, shots=1)
   old = os.umask(umask)
   try:
-    assert atomic.current_umask() == umask
     atomic.write_json(tmp_path / "results.json", {"a": 1})
     atomic.write_image(tmp_path / "grid.png", np.zeros((4, 4, 3), np.uint8))
     out = tmp_path / "lm.json"
     landmark_cache.compute_cache(get_source(str(folder)), out, progress=False)
+    for path in ("results.json", "grid.png", "lm.json", "lm.json.report.json"):
+      assert (tmp_path / path).stat().st_mode & 0o777 == mode, path
+    assert atomic.current_umask() == umask  # Read, not changed.
+    assert os.umask(umask) == umask
   finally:
     os.umask(old)
-  for path in ("results.json", "grid.png", "lm.json", "lm.json.report.json"):
-    assert (tmp_path / path).stat().st_mode & 0o777 == mode, path
 
 
 def test_a_resumed_run_keeps_the_first_loss_of_the_workdir(tmp_path):
