@@ -1,7 +1,9 @@
-"""The bundled model (mask2face/weights/): a full-width U-Net at 128x128 on colour faces.
+"""The bundled model (mask2face/weights/): a half-width U-Net at 128x128 on colour faces.
 
-Chosen for what a 2-core CPU can train well (measured: full-width `unet` at 128 px trains at
-about 12.7 img/s on an idle core pair, a half-width `resnet_unet` at 1.6 img/s), on the two
+Chosen for what a 2-core CPU can train well. Measured here (2026-12-02, the other core busy):
+the full-width `unet` (32..512 filters, 14.1M parameters) at 128 px trains at 2.3 img/s, so
+two CPU-hours would show it each face about twice; at half width (16..256, about a quarter of
+the FLOPs) it sees each face several times in the same budget. On the two
 colour sources mixed: UTKFace (8,706 aligned crops, every file its own identity) and the
 Face-Mask-Detection crops (`faces_color`, identities from the `maskdetect` file names), each
 split identity-disjoint on its own. Masks are painted with the leak-free shading. See
@@ -35,17 +37,19 @@ def get_config(arg=None):
   config.data.test_size = 0.1
   config.data.worker_count = 1  # One core trains, one paints pairs.
 
-  # --- Model: unet's full widths (32..512), BatchNorm, resize-conv upsampling. -------------
+  # --- Model: half unet's widths, BatchNorm, resize-conv upsampling. -----------------------
+  config.model.filters = (16, 32, 64, 128, 256)
   config.model.dtype = "float32"
 
   # --- Loss: the face under the mask is what predict pastes back; weigh it up. ------------
   config.loss.masked_weight = 3.0
 
-  # --- Optimizer: long cosine schedule; a session stops wherever it stops and resumes. -----
+  # --- Optimizer: a cosine schedule one session can finish (about 2 CPU-hours); a later
+  # session fine-tunes from the bundled weights with a schedule of its own. ------------------
   config.batch_size = 16
   config.learning_rate = 5e-4
-  config.warmup_steps = 500
-  config.num_train_steps = 12000  # About 190k pairs: 4 CPU-hours at 12.7 img/s.
+  config.warmup_steps = 200
+  config.num_train_steps = 4000  # 64k pairs, about 9 epochs of the 7,290 training faces.
   config.eval_every_steps = 500
   config.checkpoint_every_steps = 250
   config.log_every_steps = 50

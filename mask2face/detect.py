@@ -272,6 +272,14 @@ class FaceFinder:
         logging.info("MediaPipe found no face; %s found %d", name, len(faces))
     return sorted(faces, key=lambda f: -f.area)
 
+  def load(self) -> None:
+    """Loads the MediaPipe detector now (downloading it once if allowed).
+
+    Raises:
+      DetectorError: the model file cannot be found, downloaded or loaded.
+    """
+    self._mediapipe_detector()
+
   def close(self):
     """Releases the MediaPipe graph (its own __del__ fails at interpreter exit)."""
     if self._mediapipe is not None:

@@ -1,6 +1,7 @@
 """Exporting a trained model for phones and servers: TFLite, TF SavedModel, serialized StableHLO.
 
   python -m mask2face.export --checkpoint=WORKDIR --format=tflite|savedmodel|stablehlo --out=PATH
+  (without --checkpoint: the bundled model, mask2face/weights/)
 
 The exported function is the model's inference pass with its weights baked in as constants:
 float32 images [batch, S, S, 3] in [0, 1] -> predictions of the same shape (S =
@@ -25,7 +26,7 @@ import tempfile
 import numpy as np
 from absl import app, flags, logging
 
-from mask2face import atomic, cli
+from mask2face import atomic, bundled, cli
 
 FORMATS = ("tflite", "savedmodel", "stablehlo")
 # Everything `tf.saved_model.save` puts in a SavedModel folder (older TF versions included).
@@ -263,12 +264,16 @@ def run(checkpoint, fmt: str, out, *, which: str = "best", overwrite: bool = Fal
 
 def define_flags() -> None:
   """The CLI's flags (defined only when run as a program, so importing this module is free)."""
-  flags.DEFINE_string("checkpoint", None, "A training workdir (config.json inside).")
+  flags.DEFINE_string(
+    "checkpoint",
+    bundled.PREFIX + bundled.DEFAULT,
+    "A training workdir (config.json inside), or bundled:NAME for a model in the package.",
+  )
   flags.DEFINE_enum("format", "tflite", list(FORMATS), "Export format.")
   flags.DEFINE_string("out", None, "Output file (tflite, stablehlo) or folder (savedmodel).")
   flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint to export.")
   flags.DEFINE_bool("overwrite", False, "Replace --out when it is a previous export (only then).")
-  flags.mark_flags_as_required(["checkpoint", "out"])
+  flags.mark_flags_as_required(["out"])
 
 
 @cli.one_line_errors

@@ -1,12 +1,13 @@
 """Unmasking real photos: find every face, crop it as in training, predict, blend it back.
 
+  python -m mask2face.predict --input=PHOTO_OR_DIR --output=DIR   # the bundled model
   python -m mask2face.predict --checkpoint=WORKDIR --input=PHOTO_OR_DIR --output=DIR
 
 The work on each photo is `mask2face.unmasker.Unmasker`'s; this module is the command line
 over photos and folders: outputs planned before anything is read, one report line per photo.
 
 Refused before any photo is read (one line, exit status 1): a checkpoint that does not fit its
-config's model, an empty input, an output folder equal to the input's, outputs or a
+config's model, a face detector model that cannot be found or downloaded, an empty input, an output folder equal to the input's, outputs or a
 `report.json` already there (unless --overwrite). A bad file costs its own report line, not
 the job; a job that writes no photo at all ends with exit status 1.
 """
@@ -19,7 +20,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from mask2face import atomic, cli, detect
+from mask2face import atomic, bundled, cli, detect
 from mask2face.data import images
 from mask2face.unmasker import Unmasker, load_run
 
@@ -207,6 +208,10 @@ def run(
   cli.refuse_existing([output_dir / REPORT_FILE], overwrite=overwrite)
   config, model, variables = load_run(checkpoint, which=which)
   with detect.FaceFinder(detector_model or None, fallbacks=fallbacks) as finder:
+    try:
+      finder.load()  # Offline without the model file: one error now, not one per photo.
+    except detect.DetectorError as e:
+      raise cli.UserError(str(e)) from e
     unmasker = Unmasker.from_run(config, model, variables, finder=finder, batch_size=batch_size)
     reports = unmask_files(unmasker, input_path, output_dir, overwrite=overwrite)
   atomic.write_json(output_dir / REPORT_FILE, reports, indent=1)
@@ -215,7 +220,11 @@ def run(
 
 def define_flags() -> None:
   """The CLI's flags (defined only when run as a program, so importing this module is free)."""
-  flags.DEFINE_string("checkpoint", None, "A training workdir (config.json inside).")
+  flags.DEFINE_string(
+    "checkpoint",
+    bundled.PREFIX + bundled.DEFAULT,
+    "A training workdir (config.json inside), or bundled:NAME for a model in the package.",
+  )
   flags.DEFINE_string("input", None, "A photo or a folder of photos.")
   flags.DEFINE_string("output", None, "Output folder (same names and formats).")
   flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint to use.")
@@ -225,7 +234,7 @@ def define_flags() -> None:
   flags.DEFINE_list("fallbacks", ["dlib_cnn", "dlib_hog"], "Fallback detectors.")
   flags.DEFINE_integer("batch_size", 8, "Faces per forward pass.")
   flags.DEFINE_bool("overwrite", False, "Replace outputs (and report.json) already in --output.")
-  flags.mark_flags_as_required(["checkpoint", "input", "output"])
+  flags.mark_flags_as_required(["input", "output"])
 
 
 @cli.one_line_errors

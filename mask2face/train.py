@@ -37,6 +37,7 @@ from mask2face import (
   workdirs,
 )
 from mask2face.checkpointing import Checkpointer
+from mask2face.models import sampling
 
 AXIS = parallel.AXIS
 # (pred, aux, batch, *, loss_weights=) -> (scalar loss, dict of scalar terms):
@@ -219,11 +220,20 @@ def train_step(state: TrainState, batch, *, model, tx, loss_fn: LossFn, axis_nam
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch, *, model, loss_fn: LossFn, metrics_fn):
-  """Per-example metrics (and loss) of this device's examples, plus the predictions."""
+def eval_step(state: TrainState, batch, *, model, loss_fn: LossFn, metrics_fn, num_samples=1):
+  """Per-example metrics (and loss) of this device's examples, plus the predictions.
+
+  With `num_samples > 1` (a conditional VAE's `config.num_samples`) the model also draws that
+  many completions from its prior (`models.sampling.sample_metrics`): every metric's best and
+  mean over them (`samples_S/<metric>_best`, `samples_S/<metric>_mean`) and their diversity
+  (`samples_S/diversity`, the mean pairwise L1 inside the mask). The plain metrics and the returned predictions stay those of
+  the fixed-key sample, so every row is scored on the same images.
+  """
   batch = to_float(batch)
+  variables = _variables(state, state.params)
+  # Fixed keys: an evaluation is deterministic and independent of the device count.
   pred, aux = model.apply(
-    _variables(state, state.params),
+    variables,
     batch["masked"],
     train=False,
     rngs={"dropout": jax.random.PRNGKey(0), "latent": jax.random.PRNGKey(0)},
@@ -237,6 +247,12 @@ def eval_step(state: TrainState, batch, *, model, loss_fn: LossFn, metrics_fn):
 
   per_example = dict(metrics_fn(pred, batch["clean"], batch["mask"]))
   per_example["loss"] = jax.vmap(one_loss)(pred, dict(aux), dict(batch))
+  if num_samples > 1:
+    per_example.update(
+      sampling.sample_metrics(
+        model, variables, batch, metrics_fn, num_samples, rng=jax.random.PRNGKey(1)
+      )
+    )
   per_example["valid"] = batch["valid"]
   per_example["family"] = batch["family"]
   return per_example, pred
@@ -250,13 +266,15 @@ def make_train_step(model, tx, loss_fn: LossFn, mesh):
   )
 
 
-def make_eval_step(model, loss_fn: LossFn, mesh, metrics_fn=None):
+def make_eval_step(model, loss_fn: LossFn, mesh, metrics_fn=None, num_samples: int = 1):
   """The jitted data-parallel eval step: (state, sharded batch) -> (per-example dict, pred)."""
   if metrics_fn is None:
     from mask2face import metrics
 
     metrics_fn = metrics.image_metrics
-  fn = functools.partial(eval_step, model=model, loss_fn=loss_fn, metrics_fn=metrics_fn)
+  fn = functools.partial(
+    eval_step, model=model, loss_fn=loss_fn, metrics_fn=metrics_fn, num_samples=num_samples
+  )
   return parallel.data_parallel(fn, mesh, in_specs=(P(), P(AXIS)), out_specs=(P(AXIS), P(AXIS)))
 
 
@@ -341,7 +359,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   loss_fn = functools.partial(losses.compute_loss, config.loss)
   p_train_step = make_train_step(model, tx, loss_fn, mesh)
-  p_eval_step = make_eval_step(model, loss_fn, mesh)
+  p_eval_step = make_eval_step(model, loss_fn, mesh, num_samples=config.get("num_samples", 1))
   log = bookkeeping.RunLog(config, workdir, resume_step=start_step)
   report = periodic_actions.ReportProgress(
     num_train_steps=num_train_steps, writer=log.writer, every_steps=config.log_every_steps

@@ -113,6 +113,16 @@ class Unmasker:
     return cls.from_run(*load_run(workdir, which=which), **kwargs)
 
   @classmethod
+  def pretrained(cls, name: str = "", **kwargs) -> Unmasker:
+    """The model that ships with the package (`mask2face/weights/`, see docs/model_card.md).
+
+    `Unmasker.pretrained().unmask(rgb_uint8)` needs no training and no checkpoint.
+    """
+    from mask2face import bundled
+
+    return cls.from_run(*bundled.load(name or bundled.DEFAULT), **kwargs)
+
+  @classmethod
   def from_run(cls, config, model, variables, **kwargs) -> Unmasker:
     """From `load_run`'s (config, model, variables): the crop settings come from the config."""
     data = config.data
@@ -221,11 +231,17 @@ def load_run(workdir, *, which: str = "best"):
 
   The model comes from `workdir/config.json`, its weights from the run's best checkpoint
   (`which='best'`, when one exists) or its latest one (`checkpointing.restore_weights`).
+  `bundled:NAME` (`bundled.PREFIX`) names a model shipped inside the package instead.
   """
   import ml_collections
 
-  from mask2face import checkpointing, models
+  from mask2face import bundled, checkpointing, models
 
+  if str(workdir).startswith(bundled.PREFIX):
+    try:
+      return bundled.load(str(workdir)[len(bundled.PREFIX) :] or bundled.DEFAULT)
+    except ValueError as e:
+      raise cli.UserError(str(e)) from e
   workdir = pathlib.Path(workdir).expanduser()
   config_path = workdir / "config.json"
   try:

@@ -255,3 +255,43 @@ def test_sample_diversity_is_the_mean_pairwise_l1_inside_the_mask():
   np.testing.assert_allclose(sampling.sample_diversity(samples, mask[..., 0]), [0.4 / 3], rtol=1e-5)
   np.testing.assert_array_equal(sampling.sample_diversity(samples[:1], mask), [0.0])
   np.testing.assert_array_equal(sampling.sample_diversity(samples, np.zeros_like(mask)), [0.0])
+
+
+@pytest.mark.parametrize("name", ["vae_unet", "unet"])
+def test_the_eval_step_scores_samples_best_mean_and_diversity(name):
+  """`config.num_samples` reaches evaluation: per-example best, mean and diversity of samples."""
+  from mask2face import parallel, train
+
+  model, variables = _built(name) if name == "vae_unet" else _built(name, filters=(4, 8))
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  state = train.TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=variables["params"],
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=(),
+    rng=jax.random.PRNGKey(0),
+  )
+  loss_fn = functools.partial(losses.compute_loss, _loss_config())
+  batch = {
+    "masked": _images(20),
+    "clean": _images(21),
+    "mask": _mask(),
+    "family": np.zeros(2, np.int32),
+    "valid": np.ones(2, np.float32),
+  }
+  per_example, _ = train.make_eval_step(model, loss_fn, mesh, num_samples=3)(state, batch)
+  best, mean = per_example["samples_3/masked_psnr_best"], per_example["samples_3/masked_psnr_mean"]
+  assert best.shape == (2,) and bool(jnp.all(best >= mean - 1e-5))
+  assert bool(
+    jnp.all(
+      per_example["samples_3/masked_l1_best"] <= per_example["samples_3/masked_l1_mean"] + 1e-6
+    )
+  )
+  diversity = per_example["samples_3/diversity"]
+  if name == "vae_unet":
+    assert bool(jnp.all(diversity > 0)) and bool(jnp.any(best > mean))
+  else:  # A deterministic model's samples are one image: best == mean, no diversity.
+    np.testing.assert_array_equal(diversity, 0.0)
+    np.testing.assert_allclose(best, mean, rtol=1e-6)
+  plain, _ = train.make_eval_step(model, loss_fn, mesh)(state, batch)
+  assert not any(k.startswith("samples_") for k in plain)

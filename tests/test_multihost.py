@@ -67,13 +67,17 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path, astronaut,
   for proc in procs:
     tiny_run.stop(proc)  # SIGKILL, grain workers included.
   assert not (workdir / "results.json").exists()
+  # The cache was built once, by process 0 ("Landmarks for <source> -> <cache>: <summary>").
+  first = [log.read_text() for log in logs]
+  assert f"-> {cache}:" in first[0] and f"-> {cache}:" not in first[1]
 
+  logs = [tmp_path / f"process_{i}.resume.log" for i in range(2)]
   procs = _start_hosts(workdir, flags, logs)
   for i, proc in enumerate(procs):
     assert proc.wait(timeout=900) == 0, logs[i].read_text()[-6000:]
   texts = [log.read_text() for log in logs]
   assert "Resumed from" in texts[0] and "Resumed from" in texts[1]
-  assert "Computing landmarks" in texts[0] and "Computing landmarks" not in texts[1]
+  assert not any(f"-> {cache}:" in text for text in texts)  # The resume reads the cache.
 
   # Process 0 alone wrote the logs: each step's lines once, however many hosts.
   lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]

@@ -164,3 +164,21 @@ def test_never_overwrites_inputs(shared_data, unmasker, tmp_path):
     with pytest.raises(cli.UserError, match="is the folder of the input photos"):
       predict.unmask_files(unmasker, source, tmp_path, progress=False)
   assert photo.read_bytes() == before and sorted(tmp_path.iterdir()) == [photo]
+
+
+def test_a_missing_detector_model_is_one_error_before_any_photo(shared_data, tiny, tmp_path):
+  """Offline without the detector file: one clear error, not one failure per photo."""
+  (tmp_path / "run").mkdir()
+  _write_workdir(tmp_path / "run", *tiny)
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  for name in ("02.jpg", "08.jpg"):
+    (photos / name).write_bytes((shared_data / "masked_real" / name).read_bytes())
+  missing = tmp_path / "nowhere" / "face_detection_short_range.tflite"
+  with pytest.raises(cli.UserError, match="face detector model not found") as raised:
+    predict.run(
+      tmp_path / "run", photos, tmp_path / "out", detector_model=str(missing), fallbacks=()
+    )
+  assert str(missing) in str(raised.value)
+  out = tmp_path / "out"
+  assert not out.exists() or not any(out.iterdir())  # No photo, no report.json.

@@ -277,6 +277,9 @@ def test_short_real_run_beats_masked_input(lfw_subset, tmp_path):
   config.data.landmarks_cache = str(tmp_path / "landmarks.json")
   config.data.test_size = 20
   config.data.max_examples = 0
+  # 100 steps is a short schedule: a higher peak rate (measured: 5e-4 gains 0.97 dB over the
+  # masked input with leak-free masks, 2e-3 gains 2.0 dB; the bar stays at 1 dB).
+  config.learning_rate = 2e-3
   config.num_train_steps = 100
   config.eval_every_steps = 100
   config.log_every_steps = 50

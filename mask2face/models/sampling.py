@@ -98,3 +98,22 @@ def summarize_samples(
     out[f"{name}_mean"] = sample_mean(v)
   out["diversity"] = sample_diversity(samples, mask)
   return out
+
+
+def sample_metrics(
+  model, variables, batch, metric_fn, num_samples: int, *, rng: jax.Array
+) -> dict[str, jax.Array]:
+  """`summarize_samples` of `num_samples` completions of `batch["masked"]`, for evaluation.
+
+  Returns {name: [B]} under `samples_S/`: `<metric>_best` and `<metric>_mean` for every metric
+  of `metric_fn` (L1 errors are best low, PSNR and SSIM high) and `diversity`.
+  """
+  samples = sample_predictions(model, variables, batch["masked"], rng, num_samples)
+  summary = summarize_samples(
+    metric_fn,
+    samples.astype(jnp.float32),
+    batch["clean"],
+    batch["mask"],
+    higher_is_better=lambda name: not name.endswith("l1"),
+  )
+  return {f"samples_{num_samples}/{name}": v for name, v in summary.items()}
