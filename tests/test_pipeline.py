@@ -363,3 +363,39 @@ def test_unreadable_file_is_skipped(face_folder, landmark_cache, prepared):
     b["valid"].sum() for b in pipeline.eval_batches(flaky, config, "validation", batch_size=2)
   )
   assert valid == len(data.splits["validation"]) - 1
+
+
+def test_each_host_reads_its_slice_of_the_one_host_batches():
+  """Global batch k is elements [k*B, (k+1)*B) of the sampler for any hosts and workers.
+
+  grain's loader gives worker w of a host the host's indices w, w + W, ... and batches each
+  worker's reads, taking the workers in turn; this replays that order.
+  """
+  import grain.python as grain
+
+  class Identity:
+    def __len__(self):
+      return 10**6
+
+    def __getitem__(self, i):
+      return grain.RecordMetadata(index=i, record_key=i)
+
+  def global_batches(hosts, workers, num_batches=6, global_batch=8):
+    b, lanes = global_batch // hosts, max(workers, 1)
+    samplers = [
+      pipeline._HostBatchSampler(
+        Identity(), batch_size=b, shard_index=h, shard_count=hosts, workers=workers
+      )
+      for h in range(hosts)
+    ]
+    out = []
+    for k in range(num_batches):
+      worker, worker_batch = k % lanes, k // lanes
+      local = [worker + lanes * (worker_batch * b + j) for j in range(b)]
+      assert all(s[i].index == i for s in samplers for i in local)  # grain's own counter.
+      out.append([s[i].record_key for s in samplers for i in local])
+    return out
+
+  want = [list(range(8 * k, 8 * k + 8)) for k in range(6)]
+  for hosts, workers in [(1, 0), (1, 1), (1, 2), (2, 0), (2, 2), (4, 3), (8, 1)]:
+    assert global_batches(hosts, workers) == want, (hosts, workers)

@@ -108,6 +108,44 @@ class _EpochSampler(grain.IndexSampler):
     return "_Epoch" + super().__repr__()
 
 
+class _HostBatchSampler:
+  """Host `shard_index`'s slice of every global batch, in the order grain's loader reads it.
+
+  grain's loader shards a sampler element-wise (host h reads every H-th element) and each of
+  its W workers batches every W-th element of that, so which examples made up global batch k
+  depended on the host and worker counts. Read through this sampler, host h's k-th batch is
+  always elements [k*B + h*b, k*B + (h+1)*b) of the inner sampler's sequence (b per host,
+  B = b*H): 2 hosts train on exactly the batches 1 host does, in the same device order.
+  """
+
+  def __init__(self, inner, *, batch_size: int, shard_index: int, shard_count: int, workers: int):
+    self._inner = inner
+    self._batch = int(batch_size)
+    self._host, self._hosts = int(shard_index), int(shard_count)
+    self._workers = max(1, int(workers))  # In-process reading is one worker's order.
+
+  def global_index(self, index: int) -> int:
+    """The inner sampler's position read at this host's `index`."""
+    worker, position = index % self._workers, index // self._workers
+    worker_batch, j = divmod(position, self._batch)
+    batch = worker_batch * self._workers + worker  # The loader takes workers in turn.
+    return (batch * self._hosts + self._host) * self._batch + j
+
+  def __len__(self) -> int:
+    return len(self._inner) // self._hosts
+
+  def __getitem__(self, index: int):
+    # The loader's own index stays in the metadata: grain's iterator state counts in it.
+    return dataclasses.replace(self._inner[self.global_index(index)], index=index)
+
+  def __repr__(self):
+    # grain compares this text when restoring an iterator state: it must be stable.
+    return (
+      f"HostBatches({self._inner!r}, batch={self._batch}, host={self._host}/{self._hosts}, "
+      f"workers={self._workers})"
+    )
+
+
 @functools.cache
 def _one_cv2_thread(pid: int) -> None:
   """One OpenCV thread in a worker process (the workers already use every core); once per
@@ -240,8 +278,8 @@ def train_loader(
       f"({batch_size} x {shard_count} hosts)"
     )
   source = _PhotoSource(prepared.source, keys, _points(prepared, keys), name="train")
-  # The sampler shuffles the whole split each epoch; the loader hands each host every
-  # shard_count-th element, so hosts never see the same example in an epoch.
+  # The sampler shuffles the whole split each epoch; each host reads its slice of every global
+  # batch (_HostBatchSampler), so hosts never see the same example in an epoch.
   if len(prepared.parts) > 1:
     sizes = [len(part.splits["train"]) for part in prepared.parts]
     tags = [part.tag for part in prepared.parts]
@@ -251,6 +289,19 @@ def train_loader(
   else:
     sampler = _EpochSampler(num_records=len(keys), shuffle=True, seed=int(seed), num_epochs=None)
   options = PairOptions.from_config(data_config)
+  workers = _worker_count(data_config)
+  shard = grain.ShardOptions(shard_index, shard_count, drop_remainder=True)
+  if shard_count > 1 or workers > 1:
+    # One host with at most one worker reads the sampler in order already (and keeps the
+    # iterator states of runs saved before this reordering existed).
+    sampler = _HostBatchSampler(
+      sampler,
+      batch_size=batch_size,
+      shard_index=shard_index,
+      shard_count=shard_count,
+      workers=workers,
+    )
+    shard = grain.NoSharding()  # The sampler above is this host's already.
   return grain.DataLoader(
     data_source=source,
     sampler=sampler,
@@ -259,9 +310,9 @@ def train_loader(
       _DropFailed(),
       grain.Batch(batch_size=batch_size, drop_remainder=True),
     ],
-    worker_count=_worker_count(data_config),
+    worker_count=workers,
     worker_buffer_size=int(data_config.worker_buffer_size),
-    shard_options=grain.ShardOptions(shard_index, shard_count, drop_remainder=True),
+    shard_options=shard,
   )
 
 
