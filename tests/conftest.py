@@ -4,13 +4,29 @@ subprocess environment without the checkout root on the path.
 Tests that need `../shared/data` find it through `MASK2FACE_SHARED_DATA` (set by `.ci/run`),
 falling back to `../shared/data` beside the checkout, and skip with a clear reason when it
 is absent (a user's fresh clone does not have it).
+
+Compilation is most of a tiny model's test, so, before jax is first imported: XLA's cheaper
+CPU pipeline (about 20% less compile time, the same functions; subprocess runs get it through
+`tiny_run.environment`), and JAX's persistent compilation cache in a temporary folder shared
+by the test processes (the suite builds the same tiny steps many times: measured 73 s -> 52 s
+on two checkpoint tests). A caller's own settings win.
 """
 
 import os
 import pathlib
+import tempfile
 
-import numpy as np
-import pytest
+os.environ.setdefault(
+  "XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+)
+os.environ.setdefault(
+  "JAX_COMPILATION_CACHE_DIR",
+  str(pathlib.Path(tempfile.gettempdir()) / f"mask2face-tests-xla-{os.getuid()}"),
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,6 @@ The 8-device half runs in a subprocess, because XLA_FLAGS must be set before jax
 """
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+import tiny_run
 
 from mask2face import parallel
 
@@ -75,7 +75,7 @@ _SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def eight_devices():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = tiny_run.environment(devices=8)
   proc = subprocess.run(
     [sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=300
   )
