@@ -165,3 +165,42 @@ def test_eight_devices_two_workers_prime_split(faces, tmp_path):
     assert eight[row].keys() == one[row].keys()
     for key, value in one[row].items():
       np.testing.assert_allclose(eight[row][key], value, rtol=1e-5, err_msg=f"{row}/{key}")
+
+
+def test_evaluate_cli_scores_a_saved_run_on_another_source(tmp_path, astronaut, grace_hopper):
+  """`mask2face.evaluate`: a run's weights on a source's test split, with every comparison row."""
+  from run_folder import write_run_folder
+
+  from mask2face import evaluate
+
+  model = models.get_model("unet", filters=(4, 8), kernels=3)
+  variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
+  run = tmp_path / "run"
+  run.mkdir()
+  write_run_folder(run, variables, model_name="unet", model_kwargs={"filters": (4, 8)}, size=32)
+  faces = tiny_run.make_faces(tmp_path / "faces", astronaut, grace_hopper)
+  overrides = {
+    "data.source": str(faces),
+    "data.landmarks_cache": str(tmp_path / "landmarks.json"),
+    "data.test_size": 2.0,
+    "data.val_fraction": 0.25,
+    "data.max_examples": 0,
+    "data.worker_count": 0,
+    "batch_size": 4,
+  }
+  record = evaluate.run(str(run), tmp_path / "eval", overrides, which="latest")
+  rows = record["rows"]
+  assert {"model", "baseline", "model_composited", "telea", "navier_stokes"} <= set(rows)
+  assert rows["model"]["count"] == record["test_examples"] == 2  # data.test_size=2.0 images.
+  assert json.loads((tmp_path / "eval" / "results.json").read_text())["rows"] == rows
+  with pytest.raises(Exception, match="image_size"):
+    evaluate.run(str(run), tmp_path / "eval2", {**overrides, "data.image_size": 64})
+
+
+def test_evaluate_cli_reads_config_overrides():
+  from mask2face import cli, evaluate
+
+  argv = ["evaluate", "--config.data.source=../faces", "--config.data.test_size=0.2"]
+  assert evaluate._overrides(argv) == {"data.source": "../faces", "data.test_size": 0.2}
+  with pytest.raises(cli.UserError, match="--config.KEY=VALUE"):
+    evaluate._overrides(["evaluate", "--source=x"])
