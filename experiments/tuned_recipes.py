@@ -9,20 +9,13 @@ python -m mask2face.experiments.run --grid=experiments/tuned_recipes.py --root=/
 python -m mask2face.experiments.report --root=/tmp/m2f/tuned
 """
 
-from mask2face.experiments import grid
+from mask2face import config_files
 
-BUDGET = grid.STANDARD_BUDGET
-SEEDS = (0, 1, 2)
-
-CONFIGS = (
-  "encoder_decoder",
-  "unet",
-  "resnet_unet",
-  "refine_unet",
-  "vae_unet",
-  "vae_bottleneck_unet",
-  "upstream_resnet_unet",
-)
+# The same architectures, seeds and budget as the shared-recipe grid: only the recipe differs.
+architectures = config_files.sibling(__file__, "architectures")
+BUDGET = architectures.BUDGET
+SEEDS = architectures.SEEDS
+CONFIGS = architectures.CONFIGS
 
 
 def sweep(add):
