@@ -107,11 +107,13 @@ def _overrides(argv) -> dict:
   return out
 
 
-flags.DEFINE_string(
-  "checkpoint", bundled.PREFIX + bundled.DEFAULT, "A training workdir, or bundled:NAME."
-)
-flags.DEFINE_string("workdir", None, "Where this evaluation writes splits.json and results.json.")
-flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint of a run.")
+def define_flags() -> None:
+  """The CLI's flags (defined only when run as a program, so importing this module is free)."""
+  flags.DEFINE_string(
+    "checkpoint", bundled.PREFIX + bundled.DEFAULT, "A training workdir, or bundled:NAME."
+  )
+  flags.DEFINE_string("workdir", None, "Where this evaluation writes splits.json and results.")
+  flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint of a run.")
 
 
 @cli.one_line_errors
@@ -128,4 +130,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=lambda argv: flags.FLAGS(argv, known_only=True))
