@@ -50,8 +50,8 @@ setuptools.setup(
   version="0.1.0",
   description="Shows the face beneath a face mask: JAX/Flax inpainting research code.",
   packages=setuptools.find_packages(include=["mask2face", "mask2face.*"]),
-  # Bundled models (mask2face/weights/<name>.npz + .json, see mask2face/bundled.py).
-  package_data={"mask2face": ["weights/*.npz", "weights/*.json"]},
+  # Bundled models (mask2face/pretrained/<name>.npz + .json, see mask2face/bundled.py).
+  package_data={"mask2face": ["pretrained/*.npz", "pretrained/*.json"]},
   python_requires=">=3.11",
   install_requires=INSTALL_REQUIRES,
   extras_require=EXTRAS_REQUIRE,

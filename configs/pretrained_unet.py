@@ -1,4 +1,4 @@
-"""The bundled model (mask2face/weights/): a half-width U-Net at 128x128 on colour faces.
+"""The bundled model (mask2face/pretrained/): a half-width U-Net at 128x128 on colour faces.
 
 Chosen for what a 2-core CPU can train well. Measured here (2026-12-02, the other core busy):
 the full-width `unet` (32..512 filters, 14.1M parameters) at 128 px trains at 2.3 img/s, so

@@ -1,4 +1,4 @@
-"""Weights that ship inside the package (`mask2face/weights/<name>.npz` + `<name>.json`).
+"""Weights that ship inside the package (`mask2face/pretrained/<name>.npz` + `<name>.json`).
 
 A bundled model is a trained run reduced to what inference needs: the run's config (as JSON)
 and its params and BatchNorm statistics stored in float16 (half the bytes; the weights of a
@@ -18,7 +18,7 @@ import numpy as np
 
 from mask2face import atomic
 
-WEIGHTS_DIR = pathlib.Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = pathlib.Path(__file__).resolve().parent / "pretrained"
 DEFAULT = "unet_128"
 # A bundled model is the only model file that ships with a wheel: keep it small.
 MAX_BYTES = 25 * 1024 * 1024
@@ -140,7 +140,7 @@ def define_flags() -> None:
   from absl import flags
 
   flags.DEFINE_string("workdir", None, "A training run's workdir.", required=True)
-  flags.DEFINE_string("name", DEFAULT, "Name of the bundled model (mask2face/weights/NAME.npz).")
+  flags.DEFINE_string("name", DEFAULT, "Name of the bundled model (mask2face/pretrained/NAME.npz).")
   flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint of the run to pack.")
 
 

@@ -192,7 +192,7 @@ class Checkpointer:
     """Params and BatchNorm statistics from another run's step folder or a bundled model.
 
     `path` is a step folder of another run (`.../checkpoints/<step>`) or `bundled:NAME` (the
-    weights shipped in `mask2face/weights/`, see `mask2face.bundled`). Only the weights are
+    weights shipped in `mask2face/pretrained/`, see `mask2face.bundled`). Only the weights are
     read, so the other run may have had another optimizer or state layout; the optimizer,
     step and rng of `state_like` are kept: this starts a new run from trained weights rather
     than resuming an old one.

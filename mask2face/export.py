@@ -1,7 +1,7 @@
 """Exporting a trained model for phones and servers: TFLite, TF SavedModel, serialized StableHLO.
 
   python -m mask2face.export --checkpoint=WORKDIR --format=tflite|savedmodel|stablehlo --out=PATH
-  (without --checkpoint: the bundled model, mask2face/weights/)
+  (without --checkpoint: the bundled model, mask2face/pretrained/)
 
 The exported function is the model's inference pass with its weights baked in as constants:
 float32 images [batch, S, S, 3] in [0, 1] -> predictions of the same shape (S =

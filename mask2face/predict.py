@@ -7,8 +7,9 @@ The work on each photo is `mask2face.unmasker.Unmasker`'s; this module is the co
 over photos and folders: outputs planned before anything is read, one report line per photo.
 
 Refused before any photo is read (one line, exit status 1): a checkpoint that does not fit its
-config's model, a face detector model that cannot be found or downloaded, an empty input, an output folder equal to the input's, outputs or a
-`report.json` already there (unless --overwrite). A bad file costs its own report line, not
+config's model, a face detector model that cannot be found or downloaded, an empty input, an
+output folder equal to the input's, outputs or a `report.json` already there (unless
+--overwrite). A bad file costs its own report line, not
 the job; a job that writes no photo at all ends with exit status 1.
 """
 

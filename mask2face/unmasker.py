@@ -114,7 +114,7 @@ class Unmasker:
 
   @classmethod
   def pretrained(cls, name: str = "", **kwargs) -> Unmasker:
-    """The model that ships with the package (`mask2face/weights/`, see docs/model_card.md).
+    """The model that ships with the package (`mask2face/pretrained/`, see docs/model_card.md).
 
     `Unmasker.pretrained().unmask(rgb_uint8)` needs no training and no checkpoint.
     """

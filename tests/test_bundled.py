@@ -22,10 +22,10 @@ def test_pack_then_load_gives_the_model_back_in_float32(tmp_path):
   run.mkdir()
   write_run_folder(run, variables, model_name="unet", model_kwargs=KWARGS, size=32)
 
-  path = bundled.pack_run(run, "tiny", which="latest", directory=tmp_path / "weights")
+  path = bundled.pack_run(run, "tiny", which="latest", directory=tmp_path / "pretrained")
   with np.load(path) as npz:
     assert {v.dtype for v in npz.values()} == {np.dtype(np.float16)}
-  config, loaded_model, loaded = bundled.load("tiny", directory=tmp_path / "weights")
+  config, loaded_model, loaded = bundled.load("tiny", directory=tmp_path / "pretrained")
   assert config.data.image_size == 32 and config.model_name == "unet"
   leaves = [np.asarray(v) for v in jax.tree.leaves(loaded)]
   assert all(v.dtype == np.float32 for v in leaves)
@@ -73,7 +73,7 @@ def test_init_checkpoint_reads_only_weights_from_a_run_or_a_bundled_model(tmp_pa
   np.testing.assert_array_equal(got, want)
   assert from_run.opt_state["mu"].shape == (3,) and int(from_run.step) == 0
 
-  monkeypatch.setattr(bundled, "WEIGHTS_DIR", tmp_path / "weights")
+  monkeypatch.setattr(bundled, "WEIGHTS_DIR", tmp_path / "pretrained")
   bundled.pack_run(run, "tiny", which="latest")
   from_bundle = checkpointing.Checkpointer.load_weights("bundled:tiny", state)
   got = np.concatenate([np.ravel(v) for v in jax.tree.leaves(from_bundle.params)])

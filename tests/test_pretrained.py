@@ -1,6 +1,6 @@
 """The model that ships with the package: small, 16-bit, and it unmasks a real photo untrained.
 
-See docs/model_card.md. These tests load `mask2face/weights/unet_128` as a user would
+See docs/model_card.md. These tests load `mask2face/pretrained/unet_128` as a user would
 (`Unmasker.pretrained()`, `python -m mask2face.predict` without --checkpoint, export's
 default) and run it on real masked photos from ../shared/data/masked_real.
 """
@@ -48,7 +48,7 @@ def test_a_wheel_carries_the_weights(tmp_path):
   (wheel,) = tmp_path.glob("mask2face-*.whl")
   names = set(zipfile.ZipFile(wheel).namelist())
   for suffix in (".npz", ".json"):
-    assert f"mask2face/weights/{bundled.DEFAULT}{suffix}" in names
+    assert f"mask2face/pretrained/{bundled.DEFAULT}{suffix}" in names
 
 
 def test_pretrained_unmasks_a_real_photo(shared_data):
