@@ -509,3 +509,17 @@ def test_runner_prepares_each_data_source_once_before_the_points(
     ),
   )
   assert calls == [str(faces)]
+
+
+def test_runlocal_grids_default_to_the_faces_runlocal_configs_train_on(tmp_path, monkeypatch):
+  # A grid under --runlocal and a single `:runlocal` run must see the same faces: colour
+  # UTKFace when present, else the grayscale LFW subset, else none (the CLI then says so).
+  monkeypatch.setenv("MASK2FACE_SHARED_DATA", str(tmp_path))
+  assert run.default_data_dir() is None
+  (tmp_path / "lfw_gray").mkdir()
+  assert run.default_data_dir() == tmp_path / "lfw_gray"
+  (tmp_path / "utkface").mkdir()
+  assert run.default_data_dir() == tmp_path / "utkface"
+  common = config_files.load_module(grid_lib.REPO_ROOT / "configs" / "common.py")
+  config = common.apply_runlocal(common.get_config())
+  assert config.data.source == str(tmp_path / "utkface")

@@ -5,7 +5,7 @@
   python -m mask2face.experiments.run --grid=... --root=... --parallel=2
   # One command per line, for a cluster scheduler (--multihost: each run spans several hosts):
   python -m mask2face.experiments.run --grid=... --root=... --print-commands [--multihost]
-  # On a CPU in minutes: runlocal configs on $MASK2FACE_SHARED_DATA/lfw_gray (or --data=DIR).
+  # On a CPU in minutes: runlocal configs on $MASK2FACE_SHARED_DATA/utkface (or --data=DIR).
   python -m mask2face.experiments.run --grid=... --root=/tmp/m2f/grid --runlocal
 
 A point whose workdir holds `results.json` is complete and skipped; any other is (re)started
@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from absl import app, flags, logging
 from etils import epath
 
-from mask2face import atomic, bookkeeping, cli
+from mask2face import atomic, bookkeeping, cli, config_files
 from mask2face.experiments import devices as devices_lib
 from mask2face.experiments import grid as grid_lib
 from mask2face.experiments import prepare as prepare_lib
@@ -304,7 +304,8 @@ def define_flags() -> None:
   flags.DEFINE_string(
     "data",
     None,
-    "Face folder for every point (default under --runlocal: $MASK2FACE_SHARED_DATA/lfw_gray).",
+    "Face folder for every point (default under --runlocal: the faces runlocal configs train on, "
+    "$MASK2FACE_SHARED_DATA/utkface, else .../lfw_gray).",
   )
   flags.DEFINE_integer("parallel", 1, "Runs at a time, each on its own share of the devices.")
   flags.DEFINE_string("devices", "", "gpu:0,1,... or tpu:0,1,...; '' = detect.")
@@ -324,11 +325,14 @@ def define_flags() -> None:
 
 
 def default_data_dir() -> pathlib.Path | None:
-  """`$MASK2FACE_SHARED_DATA/lfw_gray`, else `../shared/data/lfw_gray` beside the checkout."""
-  env = os.environ.get("MASK2FACE_SHARED_DATA")
-  base = pathlib.Path(env) if env else grid_lib.REPO_ROOT.parent / "shared" / "data"
-  path = base / "lfw_gray"
-  return path if path.is_dir() else None
+  """The first present of configs/common.py's LOCAL_FACES: the faces `:runlocal` trains on.
+
+  UTKFace's colour crops, else the grayscale LFW subset, under $MASK2FACE_SHARED_DATA or
+  ../shared/data beside the checkout (read from the config file, so a grid and a single
+  `:runlocal` run train on the same faces).
+  """
+  common = config_files.load_module(grid_lib.REPO_ROOT / "configs" / "common.py")
+  return next((path for path in common.LOCAL_FACES if path.is_dir()), None)
 
 
 def main(argv):
@@ -346,7 +350,8 @@ def main(argv):
     found = default_data_dir()
     if found is None:
       raise app.UsageError(
-        "--runlocal needs faces: pass --data=DIR or set MASK2FACE_SHARED_DATA (lfw_gray inside)"
+        "--runlocal needs faces: pass --data=DIR or set MASK2FACE_SHARED_DATA "
+        "(utkface or lfw_gray inside)"
       )
     data = str(found)
   if data and not data.startswith("tfds:"):
