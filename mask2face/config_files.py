@@ -5,6 +5,10 @@ A config file defines `get_config(arg=None) -> ConfigDict` and is named as `path
 exactly what `ml_collections.config_flags.DEFINE_config_file` gives for the same text (main.py's
 `--config`), so tests, benchmarks and CLIs see the config the trainer sees.
 
+Overrides written on a command line (`key=value`, `--config.key=value`) go through
+`parse_overrides` and `apply_overrides`, which read each value as config flags would for the
+field it replaces, so every CLI that takes them agrees with `mask2face.main`.
+
 Config files build on each other by path, not by import, so none of them needs the checkout
 root on `sys.path`:
 
@@ -13,12 +17,15 @@ root on `sys.path`:
   common = config_files.sibling(__file__, "common")
 """
 
+import ast
 import importlib.machinery
 import importlib.util
 import itertools
 import os
 import pathlib
 import types
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 _MODULE_IDS = itertools.count()
 
@@ -70,3 +77,50 @@ def load(spec: str | os.PathLike, *, lock_config: bool = True):
 def sibling(config_file: str | os.PathLike, name: str) -> types.ModuleType:
   """The config file `<name>.py` beside `config_file` (a config's `__file__`), as a module."""
   return load_module(pathlib.Path(config_file).resolve().parent / f"{name}.py")
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, str]:
+  """`['batch_size=8', '--config.model.filters=(4,8)']` -> {key: value as written}.
+
+  A leading `--` and `config.` are dropped, so grid `--override` values and trainer-style
+  `--config.*` arguments read alike; the values stay text until `apply_overrides`.
+  """
+  out = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    key = key.strip().removeprefix("--").removeprefix("config.")
+    if not sep or not key:
+      raise ValueError(f"{item!r}: expected key=value, e.g. num_train_steps=100")
+    out[key] = value
+  return out
+
+
+def parse_value(text: str, like: Any) -> Any:
+  """`text` as ml_collections' config flags parse it for a field holding `like`.
+
+  A string field takes the text as it is (a path, a pattern, ''); any other field a Python
+  literal ('0.2', '(4, 8)', 'True'), else the text.
+  """
+  if isinstance(like, str):
+    return text
+  try:
+    return ast.literal_eval(text)
+  except (SyntaxError, ValueError):
+    return text
+
+
+def apply_overrides(config, overrides: Mapping[str, Any]):
+  """Sets dotted keys of `config` in place (text values parsed per field); returns it.
+
+  A key that names no existing field raises KeyError (a locked ConfigDict's rule), so a typo
+  fails instead of training with the default.
+  """
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for name in parents:
+      node = node[name]
+    if leaf not in node:
+      raise KeyError(f"{key}: no such config field")
+    node[leaf] = parse_value(value, node[leaf]) if isinstance(value, str) else value
+  return config

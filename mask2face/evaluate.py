@@ -21,7 +21,16 @@ import time
 import jax
 from absl import app, flags, logging
 
-from mask2face import bookkeeping, bundled, checkpointing, cli, evaluation, input_pipeline, train
+from mask2face import (
+  bookkeeping,
+  bundled,
+  checkpointing,
+  cli,
+  config_files,
+  evaluation,
+  input_pipeline,
+  train,
+)
 from mask2face.unmasker import load_run
 
 
@@ -49,13 +58,10 @@ def run(checkpoint: str, workdir, overrides: dict | None = None, *, which: str =
   start = time.time()
   config, model, variables = load_run(checkpoint, which=which)
   image_size = int(config.data.image_size)
-  with config.unlocked():
-    for key, value in (overrides or {}).items():
-      node = config
-      *parents, leaf = key.split(".")
-      for name in parents:
-        node = node[name]
-      node[leaf] = value
+  try:
+    config_files.apply_overrides(config, overrides or {})
+  except (KeyError, TypeError, ValueError) as e:
+    raise cli.UserError(f"--config override: {e}") from e
   if int(config.data.image_size) != image_size:
     raise cli.UserError(f"data.image_size is the model's ({image_size}); it cannot be changed")
   workdir = checkpointing.as_path(workdir)
@@ -76,7 +82,12 @@ def run(checkpoint: str, workdir, overrides: dict | None = None, *, which: str =
     row_fns=[evaluation.comparison_row(verifier)],
     baseline={},
   )
+  # The training run's fields the report CLI reads, so a folder of evaluations reports like a
+  # grid (`python -m mask2face.experiments.report --root=...`).
   record = {
+    "config_name": config.get("name"),
+    "architecture": config.get("model_name"),
+    "device_kind": jax.devices()[0].device_kind,
     "checkpoint": str(checkpoint),
     "source": config.data.source,
     "image_size": image_size,
@@ -91,20 +102,12 @@ def run(checkpoint: str, workdir, overrides: dict | None = None, *, which: str =
   return record
 
 
-def _overrides(argv) -> dict:
-  """`--config.a.b=value` arguments as {'a.b': value} (values parsed as Python literals)."""
-  import ast
-
-  out = {}
+def _overrides(argv) -> dict[str, str]:
+  """`--config.a.b=value` arguments as {'a.b': 'value'} (parsed per field by `run`)."""
   for arg in argv[1:]:
     if not arg.startswith("--config.") or "=" not in arg:
       raise cli.UserError(f"unknown argument {arg!r}; expected --config.KEY=VALUE")
-    key, value = arg[len("--config.") :].split("=", 1)
-    try:
-      out[key] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      out[key] = value  # A plain string (a path, a pattern).
-  return out
+  return config_files.parse_overrides(argv[1:])
 
 
 def define_flags() -> None:

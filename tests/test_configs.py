@@ -127,6 +127,34 @@ def test_size_argument_and_command_line_overrides():
     fv.config.new_field = 1  # lock_config: a typo cannot add a field.
 
 
+def test_overrides_parse_as_the_trainers_config_flags_do():
+  # evaluate's --config.* and the grid runner's --override must give the values main.py's
+  # --config.* flags give for the same text.
+  argv = [
+    "--config.batch_size=4",
+    "--config.model.filters=(4, 8)",
+    "--config.data.source=../faces",
+    "--config.data.identity_pattern=",
+    "--config.learning_rate=2e-3",
+    "--config.identity_metric=False",
+  ]
+  spec = f"{CONFIG_DIR / 'unet.py'}:runlocal"
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file(
+    "config", lock_config=True, flag_values=fv, sys_argv=["prog", f"--config={spec}", *argv]
+  )
+  fv(["prog", f"--config={spec}", *argv])
+  texts = config_files.parse_overrides(argv)
+  assert texts["data.identity_pattern"] == "" and texts["model.filters"] == "(4, 8)"
+  ours = config_files.apply_overrides(config_files.load(spec), texts)
+  assert ours.to_dict() == fv.config.to_dict()
+  assert ours.model.filters == (4, 8) and ours.learning_rate == 2e-3
+  with pytest.raises(KeyError, match="batch_sise"):
+    config_files.apply_overrides(ours, {"batch_sise": "4"})
+  with pytest.raises(ValueError, match="key=value"):
+    config_files.parse_overrides(["num_train_steps"])
+
+
 @pytest.mark.parametrize("name", ["unet", "encoder_decoder", "refine_unet", "vae_unet"])
 def test_locked_config_takes_an_upsample_override(name):
   # Every config of a model with the option has the field, so a locked config accepts it.

@@ -19,6 +19,7 @@ import tiny_run
 from mask2face import config_files, evaluation, losses, models, parallel, train
 from mask2face.data import sources
 from mask2face.data.landmark_cache import compute_cache
+from mask2face.experiments import report
 
 
 def _batch(size=4, seed=0):
@@ -193,6 +194,12 @@ def test_evaluate_cli_scores_a_saved_run_on_another_source(tmp_path, astronaut, 
   assert {"model", "baseline", "model_composited", "telea", "navier_stokes"} <= set(rows)
   assert rows["model"]["count"] == record["test_examples"] == 2  # data.test_size=2.0 images.
   assert json.loads((tmp_path / "eval" / "results.json").read_text())["rows"] == rows
+  # A folder of evaluations reports like a grid: every row where the report's tables want it.
+  runs = report.load_runs(tmp_path / "eval")
+  assert runs.attrs["bad_files"] == [] and len(runs) == 1
+  assert runs.loc[0, "architecture"] == "unet"
+  for row, name in (("model", "model"), ("baseline", "masked_input"), ("telea", "telea")):
+    assert runs.loc[0, f"{name}/masked_psnr"] == pytest.approx(rows[row]["masked_psnr"])
   with pytest.raises(Exception, match="image_size"):
     evaluate.run(str(run), tmp_path / "eval2", {**overrides, "data.image_size": 64})
 
@@ -201,6 +208,6 @@ def test_evaluate_cli_reads_config_overrides():
   from mask2face import cli, evaluate
 
   argv = ["evaluate", "--config.data.source=../faces", "--config.data.test_size=0.2"]
-  assert evaluate._overrides(argv) == {"data.source": "../faces", "data.test_size": 0.2}
+  assert evaluate._overrides(argv) == {"data.source": "../faces", "data.test_size": "0.2"}
   with pytest.raises(cli.UserError, match="--config.KEY=VALUE"):
     evaluate._overrides(["evaluate", "--source=x"])

@@ -45,18 +45,6 @@ class RunSettings:
     return ",".join(a for a in ("runlocal" if self.runlocal else "", point.arg) if a)
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, str]:
-  """`['batch_size=8', 'model.filters=(4,8)']` -> {key: value as written on the command line}."""
-  out = {}
-  for item in items:
-    key, sep, value = item.partition("=")
-    key = key.strip().removeprefix("--").removeprefix("config.")
-    if not sep or not key:
-      raise ValueError(f"--override {item!r}: expected key=value, e.g. num_train_steps=100")
-    out[key] = value
-  return out
-
-
 def point_overrides(point: grid_lib.Point, settings: RunSettings) -> dict[str, str]:
   """Every `--config.key=value` of a point, as strings: BUDGET, point, --data, --override."""
   values = {k: grid_lib.flag_value(v) for k, v in point.all_overrides().items()}

@@ -4,10 +4,8 @@
 computes each distinct source's landmark cache once, so runs started together only load it.
 """
 
-import ast
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from absl import logging
 
@@ -25,16 +23,6 @@ DATA_SOURCE_FIELDS = (
 )
 
 
-def _parse_flag(text: str, like: Any) -> Any:
-  """`text` as ml_collections' config flags would parse it for a field holding `like`."""
-  if isinstance(like, str):
-    return text
-  try:
-    return ast.literal_eval(text)
-  except (SyntaxError, ValueError):
-    return text
-
-
 def point_data_config(point: grid_lib.Point, settings: RunSettings):
   """The `config.data` section the point's trainer will see: config, runlocal, overrides."""
   # Loaded as the trainer's --config loads it, by absolute path: this process may run anywhere.
@@ -43,7 +31,7 @@ def point_data_config(point: grid_lib.Point, settings: RunSettings):
   for key, text in point_overrides(point, settings).items():
     field = key.removeprefix("data.")
     if key.startswith("data.") and field in data_config:
-      data_config[field] = _parse_flag(text, data_config[field])
+      data_config[field] = config_files.parse_value(text, data_config[field])
   return data_config
 
 

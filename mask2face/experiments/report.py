@@ -109,11 +109,20 @@ def _run_identity(root: pathlib.Path, workdir: pathlib.Path) -> tuple[str, str, 
 
 
 def result_rows(result: Mapping) -> dict[str, dict]:
-  """{row name: metrics} of one results.json: `test` is `model`, `baseline` `masked_input`."""
-  rows = {"model": dict(result["test"]), "masked_input": dict(result.get("baseline") or {})}
+  """{row name: metrics} of one results.json: `test` is `model`, `baseline` `masked_input`.
+
+  A training run's results.json names those two rows `test` and `baseline`; an evaluation's
+  (`mask2face.evaluate`) holds every row under `rows`. Both read alike.
+  """
+  rows = {
+    "model": dict(result.get("test") or {}),
+    "masked_input": dict(result.get("baseline") or {}),
+  }
   for name, values in (result.get("rows") or {}).items():
     if isinstance(values, Mapping):
-      rows.setdefault(str(name), {}).update(values)
+      # mask2face.evaluation names the masked input's row 'baseline'.
+      name = "masked_input" if name == "baseline" else str(name)
+      rows.setdefault(name, {}).update(values)
   return rows
 
 
@@ -131,7 +140,7 @@ def load_runs(root: str | os.PathLike) -> pd.DataFrame:
   for path in find_results(root):
     try:
       result = _read_json(path)
-      if not isinstance(result.get("test"), dict):
+      if not isinstance(result.get("test") or (result.get("rows") or {}).get("model"), dict):
         raise ValueError(f"{path}: no 'test' metrics")
     except ValueError as e:
       logging.warning("Skipping %s", e)

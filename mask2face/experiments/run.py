@@ -43,7 +43,6 @@ from mask2face.experiments.commands import (
   RunSettings,
   build_command,
   command_line,
-  parse_overrides,
 )
 
 # The trainer's own skip marker: written last, atomically, when a run has finished.
@@ -359,7 +358,7 @@ def main(argv):
       raise app.UsageError(f"--data={data}: no such folder")
     data = str(pathlib.Path(data).expanduser().resolve())  # The trainers run from REPO_ROOT.
   try:
-    extra = parse_overrides(FLAGS.override)
+    extra = config_files.parse_overrides(FLAGS.override)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   if FLAGS.multihost:
