@@ -133,9 +133,11 @@ def test_results_notebook_shows_every_row_with_intervals_and_marks(tmp_path, mon
   import synthetic_results
 
   root, *_ = synthetic_results.write_results(tmp_path / "grid")
+  monkeypatch.setenv("MASK2FACE_IDENTITY_ROOT", str(root))  # Its results carry identity rows.
   outputs = _run_results_notebook(root, tmp_path, monkeypatch)
   text = "".join(o.get("text", "") + o.get("data", {}).get("text/markdown", "") for o in outputs)
   for label in ("composited", "raw", "OpenCV Telea", "clean photo (ceiling)", "Welch", " ± "):
     assert label in text, label
   assert "identity_other_photo_rate" in text and "**" in text
+  assert "evaluations under" in text  # The identity table, from MASK2FACE_IDENTITY_ROOT.
   assert len([o for o in outputs if "image/png" in o.get("data", {})]) >= 3
