@@ -341,6 +341,41 @@ class Blocks:
       axis_name=self.axis_name,
     )
 
+  def double_conv_down(
+    self, x: jax.Array, filters: Sequence[int], kernels: Sequence[int], train: bool
+  ) -> tuple[jax.Array, list[jax.Array]]:
+    """Per level two convs (the skip) then a 2x2 max-pool: the VAE U-Nets' encoder.
+
+    Returns the pooled features of the last level and the skips, top level first.
+    """
+    skips = []
+    for f, k in zip(filters, kernels):
+      x = self.conv(f, k)(x, train)
+      x = self.conv(f, k)(x, train)
+      skips.append(x)
+      x = max_pool2(x)
+    return x, skips
+
+  def double_conv_up(
+    self,
+    x: jax.Array,
+    skips: Sequence[jax.Array],
+    filters: Sequence[int],
+    kernels: Sequence[int],
+    train: bool,
+    *,
+    dropped_skips: int = 0,
+  ) -> jax.Array:
+    """Per level in reverse: upsample, concatenate the skip, conv; the top `dropped_skips`
+    levels lose their skip, so detail there must come through the bottleneck."""
+    for level in reversed(range(len(filters))):
+      f, k = filters[level], kernels[level]
+      x = self.up(x, f, k, train)
+      if level >= dropped_skips:
+        x = jnp.concatenate([x, skips[level]], -1)
+      x = self.conv(f, k)(x, train)
+    return x
+
   def up(
     self, x: jax.Array, features: int, kernel: int, train: bool, *, act: bool = True
   ) -> jax.Array:

@@ -46,12 +46,7 @@ class VAEBottleneckUNet(layers.ConvNet):
         f"vae_bottleneck_unet: dropped_skips={self.dropped_skips} not in [0, {len(filters)}]"
       )
 
-    skips = []
-    for f, k in zip(filters, kernels):
-      h = b.conv(f, k)(h, train)
-      h = b.conv(f, k)(h, train)
-      skips.append(h)
-      h = layers.max_pool2(h)
+    h, skips = b.double_conv_down(h, filters, kernels, train)
 
     h = b.conv(filters[-1], kernels[-1])(h, train)
     # The posterior is computed in float32: exp(logvar) and the KL are sensitive to rounding.
@@ -67,12 +62,7 @@ class VAEBottleneckUNet(layers.ConvNet):
       z = mean
     h = b.conv(filters[-1], kernels[-1])(z.astype(layers.as_dtype(self.dtype)), train)
 
-    for level in reversed(range(len(filters))):
-      f, k = filters[level], kernels[level]
-      h = b.up(h, f, k, train)
-      if level >= self.dropped_skips:  # Levels 0 .. dropped_skips - 1 (the top) lose their skip.
-        h = jnp.concatenate([h, skips[level]], -1)
-      h = b.conv(f, k)(h, train)
+    h = b.double_conv_up(h, skips, filters, kernels, train, dropped_skips=self.dropped_skips)
 
     h = b.conv(max(filters[0] // 2, 1), 3)(h, train)
     return b.head(h, out_channels), {"mean": mean, "logvar": logvar}

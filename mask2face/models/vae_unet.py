@@ -98,12 +98,7 @@ class VAEUNet(layers.ConvNet):
     if target is not None and tuple(target.shape) != target_shape:
       raise ValueError(f"vae_unet: target shape {target.shape}, expected {target_shape}")
 
-    skips = []
-    for f, k in zip(filters, kernels):
-      h = b.conv(f, k)(h, train)
-      h = b.conv(f, k)(h, train)
-      skips.append(h)
-      h = layers.max_pool2(h)
+    h, skips = b.double_conv_down(h, filters, kernels, train)
     h = b.conv(filters[-1], kernels[-1])(h, train)  # The masked image's bottleneck features.
 
     # Named submodules: whether the posterior runs must not shift the automatic names.
@@ -129,12 +124,7 @@ class VAEUNet(layers.ConvNet):
       z = mean
     h = b.conv(filters[-1], kernels[-1])(jnp.concatenate([z.astype(h.dtype), h], -1), train)
 
-    for level in reversed(range(len(filters))):
-      f, k = filters[level], kernels[level]
-      h = b.up(h, f, k, train)
-      if level >= self.dropped_skips:  # Levels 0 .. dropped_skips - 1 (the top) lose their skip.
-        h = jnp.concatenate([h, skips[level]], -1)
-      h = b.conv(f, k)(h, train)
+    h = b.double_conv_up(h, skips, filters, kernels, train, dropped_skips=self.dropped_skips)
 
     h = b.conv(max(filters[0] // 2, 1), 3)(h, train)
     return b.head(h, out_channels), aux
